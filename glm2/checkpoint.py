@@ -1,0 +1,124 @@
+"""Load an original THUDM chatglm2 folder into transformers' GlmForCausalLM, shard by shard.
+
+The folder's `.py` files are never imported (no trust_remote_code). The model is built on the
+meta device, so no memory is spent on random weights; each shard is opened lazily
+(safetensors, or `torch.load(mmap=True, weights_only=True)` for `.bin`), converted, cast and
+assigned before the next one is opened. Peak host memory is therefore the model at its final
+dtype plus one tensor, not twice the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+from transformers import GlmConfig, GlmForCausalLM
+from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
+
+from .convert import chatglm_config_from_glm, chatglm_to_glm, glm_config_from_chatglm, glm_to_chatglm
+
+
+def read_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found; --model_name_or_path must be a chatglm2 folder")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _shard_files(model_dir: str) -> list[str]:
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = os.path.join(model_dir, index_name)
+        if os.path.isfile(index):
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            return [os.path.join(model_dir, s) for s in sorted(set(weight_map.values()))]
+        if os.path.isfile(os.path.join(model_dir, single)):
+            return [os.path.join(model_dir, single)]
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors(.index.json) or pytorch_model*.bin(.index.json)")
+
+
+def iter_checkpoint_tensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of every shard, one shard open at a time."""
+    for path in _shard_files(model_dir):
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        else:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            for name in list(state):
+                yield name, state.pop(name)
+            del state
+
+
+def load_glm(model_dir: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+             transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+             attn_implementation: str = "sdpa") -> GlmForCausalLM:
+    """Build GlmForCausalLM from an original chatglm2 folder.
+
+    `transform(name, tensor)` may replace a converted tensor before it is assigned (used by
+    quantization to store linear weights compactly while streaming).
+    """
+    config = glm_config_from_chatglm(read_config(model_dir))
+    with torch.device("meta"):
+        model = GlmForCausalLM._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+    expected = set(model.state_dict())
+    seen = set()
+    for name, tensor in iter_checkpoint_tensors(model_dir):
+        for glm_name, t in chatglm_to_glm(name, tensor, config).items():
+            if glm_name not in expected:
+                raise KeyError(f"{model_dir}: {name} maps to {glm_name}, which the model does not have")
+            t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            if transform is not None:
+                t = transform(glm_name, t)
+            _assign(model, glm_name, t)
+            seen.add(glm_name)
+    missing = expected - seen
+    if missing:
+        raise KeyError(f"{model_dir}: checkpoint lacks {sorted(missing)[:5]}{' ...' if len(missing) > 5 else ''}")
+    # Non-persistent buffers (rotary inv_freq) were created on meta; rebuild them for real.
+    model.model.rotary_emb = GlmRotaryEmbedding(config).to(device)
+    model.eval()
+    return model
+
+
+def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    old = getattr(module, attr)
+    if isinstance(old, torch.nn.Parameter) or isinstance(tensor, torch.nn.Parameter):
+        if not isinstance(tensor, torch.nn.Parameter):
+            tensor = torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
+        setattr(module, attr, tensor)
+    else:
+        setattr(module, attr, tensor)
+
+
+def save_chatglm(model: GlmForCausalLM, out_dir: str, safetensors: bool = False) -> None:
+    """Write a Glm model as an original chatglm2 folder (config.json + weights)."""
+    os.makedirs(out_dir, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    original = glm_to_chatglm(state, model.config)
+    dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(chatglm_config_from_glm(model.config, dtype), f, indent=2)
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file(original, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        tmp = os.path.join(out_dir, "pytorch_model.bin.tmp")
+        torch.save(original, tmp)
+        os.replace(tmp, os.path.join(out_dir, "pytorch_model.bin"))
+
+
+def glm_config(model_dir: str) -> GlmConfig:
+    return glm_config_from_chatglm(read_config(model_dir))

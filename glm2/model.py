@@ -1,0 +1,113 @@
+"""ChatGLM2 with a P-tuning v2 prefix: a frozen GlmForCausalLM plus a small PrefixEncoder.
+
+Like a PEFT adapter, the prefix is its own module and the only thing trained or saved; the
+base model is loaded once and never modified. Positions of real tokens start at 0 whatever
+the prefix length, as in the original; every prefix column is visible to every token.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+from transformers import GlmForCausalLM
+
+from .checkpoint import load_glm, read_config
+from .prefix import PrefixEncoder, prefix_cache, read_prefix_checkpoint, write_prefix_checkpoint
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0..n-1 over the real tokens of each row, 0 on (left) padding: what the original
+    tokenizer's left padding gives."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class ChatGLM2(nn.Module):
+    """The model main.py trains and evaluates: `base` (frozen) + optional `prefix_encoder`."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, base: GlmForCausalLM, prefix_encoder: PrefixEncoder | None, model_dir: str | None = None):
+        super().__init__()
+        self.base = base
+        self.prefix_encoder = prefix_encoder
+        self.model_dir = model_dir
+        self.config = base.config
+        if prefix_encoder is not None:
+            self.base.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str, pre_seq_len: int | None = None, prefix_projection: bool = False,
+                        dtype: torch.dtype = torch.float32, device="cpu", seed: int | None = None,
+                        transform=None) -> "ChatGLM2":
+        base = load_glm(model_dir, dtype=dtype, device=device, transform=transform)
+        prefix = None
+        if pre_seq_len:
+            if seed is not None:
+                torch.manual_seed(seed)  # the original's fresh prefix: set_seed(seed) then N(0, 1)
+            c = base.config
+            prefix = PrefixEncoder(pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
+                                   c.hidden_size, prefix_projection).to(device)
+        return cls(base, prefix, model_dir)
+
+    @property
+    def pre_seq_len(self) -> int:
+        return self.prefix_encoder.pre_seq_len if self.prefix_encoder is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.model.embed_tokens.weight.dtype
+
+    def past_for(self, batch_size: int, growing: bool):
+        """A cache holding the prefix for a batch (None without a prefix)."""
+        if self.prefix_encoder is None:
+            return None
+        return prefix_cache(self.prefix_encoder.key_values(batch_size, self.dtype), growing=growing)
+
+    def extend_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Put the always-visible prefix columns in front of a 2-D padding mask."""
+        if attention_mask is None or self.prefix_encoder is None:
+            return attention_mask
+        ones = attention_mask.new_ones(attention_mask.shape[0], self.pre_seq_len)
+        return torch.cat([ones, attention_mask], dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                **kwargs):
+        """Training/scoring forward. Rows are right-padded (or unpadded): without a mask the
+        original trains causally only, and labels are -100 on padding, so none is needed."""
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask)
+            else:
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        return self.base(input_ids=input_ids, labels=labels, attention_mask=self.extend_mask(attention_mask),
+                         position_ids=position_ids, past_key_values=self.past_for(input_ids.shape[0], False),
+                         use_cache=False, **kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        # Non-reentrant checkpointing lets gradients reach the prefix, which enters each
+        # layer through the cache rather than as a positional input.
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        kwargs["use_reentrant"] = False
+        self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        for layer in self.base.model.layers:
+            layer._can_checkpoint_with_cache = True  # our fixed prefix cache is safe to recompute
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def load_prefix(self, ckpt_dir: str) -> None:
+        self.prefix_encoder.load_original_state_dict(read_prefix_checkpoint(ckpt_dir), source=ckpt_dir)
+
+    def save_prefix(self, ckpt_dir: str) -> None:
+        """What a checkpoint-N holds: the prefix in the original's format plus its config."""
+        write_prefix_checkpoint(self.prefix_encoder, ckpt_dir)
+        if self.model_dir is not None:
+            cfg = read_config(self.model_dir)
+            cfg.update(pre_seq_len=self.pre_seq_len, prefix_projection=self.prefix_encoder.projection)
+            with open(os.path.join(ckpt_dir, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(cfg, f, indent=2)

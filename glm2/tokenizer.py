@@ -1,0 +1,100 @@
+"""The ChatGLM2 tokenizer, rebuilt on sentencepiece alone.
+
+The original hub tokenizer (tokenization_chatglm.py) subclasses the slow HF tokenizer, which
+broke in transformers 4.34. Its behaviour is small enough to restate exactly:
+  * ids are the sentencepiece ids; five special tokens follow the sentencepiece vocabulary
+    in this order: [MASK], [gMASK], [sMASK], sop, eop;
+  * every encoded prompt starts with `[gMASK] sop`; a (prompt, answer) pair ends with eos;
+  * pad = unk (id 0), eos is sentencepiece's eos (id 2);
+  * decoding drops the specials, pad/unk, bos and eos, then applies HF's
+    `clean_up_tokenization_spaces` as the original predict step does.
+"""
+from __future__ import annotations
+
+import os
+
+import sentencepiece as spm
+
+SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+
+
+def build_prompt(query: str, history: list | None = None) -> str:
+    """ChatGLM2's chat format: earlier rounds, then the open question."""
+    prompt = ""
+    for i, (old_query, response) in enumerate(history or []):
+        prompt += f"[Round {i + 1}]\n\n问：{old_query}\n\n答：{response}\n\n"
+    prompt += f"[Round {len(history or []) + 1}]\n\n问：{query}\n\n答："
+    return prompt
+
+
+def _clean_up_tokenization(text: str) -> str:
+    # transformers' PreTrainedTokenizerBase.clean_up_tokenization, which the original's
+    # batch_decode(..., clean_up_tokenization_spaces=True) applies to every prediction.
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                          (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+                          (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
+
+
+class ChatGLM2Tokenizer:
+    """Encodes prompts and answers exactly like THUDM's ChatGLMTokenizer (chatglm2-6b)."""
+
+    padding_side = "left"
+
+    def __init__(self, model_file: str):
+        if not os.path.isfile(model_file):
+            raise FileNotFoundError(f"{model_file}: no sentencepiece tokenizer.model here")
+        self.model_file = model_file
+        self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        self.n_words = self.sp.vocab_size()
+        self.special_ids = {tok: self.n_words + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        self.eos_token_id = self.sp.eos_id()
+        self.bos_token_id = self.sp.bos_id()
+        self.pad_token_id = self.sp.unk_id()
+        self.unk_token_id = self.sp.unk_id()
+        self.gmask_id = self.special_ids["[gMASK]"]
+        self.sop_id = self.special_ids["sop"]
+        self.prefix_ids = [self.gmask_id, self.sop_id]
+        self._skipped = set(self.special_ids.values()) | {self.eos_token_id, self.bos_token_id,
+                                                          self.pad_token_id}
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "ChatGLM2Tokenizer":
+        return cls(os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path)
+
+    def __len__(self) -> int:
+        return self.n_words + len(SPECIAL_TOKENS)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of plain text, no special tokens."""
+        return self.sp.encode(text)
+
+    def encode_prompt(self, query: str, history: list | None = None) -> list[int]:
+        """`[gMASK] sop` + ids of the chat prompt, untruncated."""
+        return self.prefix_ids + self.encode_text(build_prompt(query, history))
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._skipped and 0 <= i < self.n_words]
+        else:
+            ids = [i for i in ids if 0 <= i < self.n_words]
+        return _clean_up_tokenization(self.sp.decode(ids))
+
+    def batch_decode(self, batch, skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+    def save_pretrained(self, path: str) -> None:
+        """Write the original folder's tokenizer files (tokenizer.model + tokenizer_config.json)."""
+        import json
+        import shutil
+
+        os.makedirs(path, exist_ok=True)
+        if os.path.abspath(self.model_file) != os.path.abspath(os.path.join(path, "tokenizer.model")):
+            shutil.copyfile(self.model_file, os.path.join(path, "tokenizer.model"))
+        config = {"name_or_path": "THUDM/chatglm2-6b", "remove_space": False, "do_lower_case": False,
+                  "tokenizer_class": "ChatGLMTokenizer",
+                  "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]}}
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
