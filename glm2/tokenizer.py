@@ -11,6 +11,7 @@ broke in transformers 4.34. Its behaviour is small enough to restate exactly:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import sentencepiece as spm
@@ -42,11 +43,14 @@ class ChatGLM2Tokenizer:
 
     padding_side = "left"
 
-    def __init__(self, model_file: str):
+    def __init__(self, model_file: str, _digest: str | None = None):
         if not os.path.isfile(model_file):
             raise FileNotFoundError(f"{model_file}: no sentencepiece tokenizer.model here")
         self.model_file = model_file
-        self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        with open(model_file, "rb") as f:
+            proto = f.read()
+        self.digest = hashlib.sha1(proto).hexdigest()
+        self.sp = spm.SentencePieceProcessor(model_proto=proto)
         self.n_words = self.sp.vocab_size()
         self.special_ids = {tok: self.n_words + i for i, tok in enumerate(SPECIAL_TOKENS)}
         self.eos_token_id = self.sp.eos_id()
@@ -58,6 +62,11 @@ class ChatGLM2Tokenizer:
         self.prefix_ids = [self.gmask_id, self.sop_id]
         self._skipped = set(self.special_ids.values()) | {self.eos_token_id, self.bos_token_id,
                                                           self.pad_token_id}
+
+    def __reduce__(self):
+        # Pickled by path plus content digest: `datasets.map(num_proc=N)` can ship it, and its
+        # cache fingerprint changes when the tokenizer file does.
+        return (ChatGLM2Tokenizer, (self.model_file, self.digest))
 
     @classmethod
     def from_pretrained(cls, path: str) -> "ChatGLM2Tokenizer":
@@ -98,3 +107,4 @@ class ChatGLM2Tokenizer:
                   "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]}}
         with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
             json.dump(config, f, indent=2)
+

@@ -1,0 +1,102 @@
+"""Command-line flags. Every flag of THUDM's ChatGLM2-6B ptuning/arguments.py keeps its name
+and meaning; flags added here say so in their help. Training flags are transformers'
+Seq2SeqTrainingArguments, plus the few that transformers 5 removed but old scripts still pass.
+"""
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "An original THUDM chatglm2-6b folder (config.json, weights, "
+                                        "tokenizer.model). Its .py files are never run."})
+    ptuning_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "A P-tuning v2 checkpoint-N folder (ours or the original's) to "
+                                        "evaluate or predict with."})
+    config_name: Optional[str] = field(default=None, metadata={"help": "Kept for compatibility; unused."})
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Folder or tokenizer.model to use instead of the model's."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where `datasets` caches data."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Kept for compatibility; unused."})
+    model_revision: str = field(default="main", metadata={"help": "Kept for compatibility; unused."})
+    use_auth_token: bool = field(default=False, metadata={"help": "Kept for compatibility; unused."})
+    resize_position_embeddings: Optional[bool] = field(
+        default=None, metadata={"help": "Kept for compatibility; unused."})
+    quantization_bit: Optional[int] = field(
+        default=None, metadata={"help": "Quantize the frozen base model's linear weights to 8 or 4 bits."})
+    pre_seq_len: Optional[int] = field(
+        default=None, metadata={"help": "P-tuning v2 prefix length; without it the whole model is fine-tuned."})
+    prefix_projection: bool = field(
+        default=False, metadata={"help": "Pass the prefix through a two-layer MLP (P-tuning v2 variant)."})
+
+
+@dataclass
+class DataTrainingArguments:
+    lang: Optional[str] = field(default=None, metadata={"help": "Kept for compatibility; unused."})
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "Kept for compatibility; unused."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Kept for compatibility; unused."})
+    prompt_column: Optional[str] = field(default="input", metadata={"help": "Column holding the prompt."})
+    response_column: Optional[str] = field(default="target", metadata={"help": "Column holding the answer."})
+    history_column: Optional[str] = field(
+        default=None, metadata={"help": "Column holding earlier [question, answer] rounds."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "Training data, jsonl."})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Data for --do_eval, jsonl."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Data for --do_predict, jsonl."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the cache."})
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes used to tokenize."})
+    max_source_length: Optional[int] = field(
+        default=1024, metadata={"help": "Prompt length in tokens, `[gMASK] sop` included; longer prompts are "
+                                        "truncated (see --source_truncation_side)."})
+    max_target_length: Optional[int] = field(
+        default=128, metadata={"help": "Answer length in tokens for training; also the generation budget."})
+    val_max_target_length: Optional[int] = field(
+        default=None, metadata={"help": "Answer length for eval/predict; defaults to --max_target_length."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Kept for compatibility; batches are always padded dynamically."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N train records."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N eval records."})
+    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N test records."})
+    num_beams: Optional[int] = field(default=None, metadata={"help": "Beam search width for generation."})
+    ignore_pad_token_for_loss: bool = field(
+        default=True, metadata={"help": "Kept for compatibility; padding never counts in the loss."})
+    source_prefix: Optional[str] = field(default="", metadata={"help": "Text put before every prompt."})
+    forced_bos_token: Optional[str] = field(default=None, metadata={"help": "Kept for compatibility; unused."})
+    # --- added by this toolkit ---
+    source_truncation_side: str = field(
+        default="left", metadata={"help": "New. 'left' keeps `[gMASK] sop` and the END of a long prompt (where "
+                                          "PromptCBLUE puts the question and options); 'right' is the original."})
+
+    def __post_init__(self):
+        if self.train_file is None and self.validation_file is None and self.test_file is None:
+            raise ValueError("Need a --train_file, --validation_file or --test_file.")
+        if self.val_max_target_length is None:
+            self.val_max_target_length = self.max_target_length
+        if self.source_truncation_side not in ("left", "right"):
+            raise ValueError("--source_truncation_side must be 'left' or 'right'")
+
+
+@dataclass
+class GenerationArguments:
+    """New: how --do_eval/--do_predict generate. Greedy by default, so scores are reproducible."""
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (with --do_sample)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (with --do_sample; 0 = off)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do_sample)."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty for repeated tokens (1 = off)."})
+    max_new_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Tokens to generate at most; defaults to --val_max_target_length."})
+    version: Optional[str] = field(
+        default=None, metadata={"help": "PromptCBLUE scoring version v1|v2; detected from task names if unset."})
+    compare_base: bool = field(
+        default=False, metadata={"help": "Also evaluate the base model without the prefix, and compare."})
+
+
+@dataclass
+class LegacyTrainingArguments:
+    """Flags transformers 5 dropped from TrainingArguments that old train.sh files still pass."""
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start training afresh even if --output_dir holds checkpoints; without "
+                                         "it an interrupted run resumes from its last complete checkpoint."})
+    logging_dir: Optional[str] = field(default=None, metadata={"help": "TensorBoard log folder."})

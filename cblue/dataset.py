@@ -1,0 +1,54 @@
+"""PromptCBLUE files as tokenized `datasets` splits for training and generation."""
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from .features import generation_features, train_features
+from .records import RecordError, read_records
+
+logger = logging.getLogger(__name__)
+
+
+def load_records_dataset(path: str, prompt_column: str, response_column: str | None,
+                         history_column: str | None, require_response: bool, cache_dir: str | None = None,
+                         max_samples: int | None = None):
+    """Validate `path` line by line, then load it through `datasets` (which caches it)."""
+    import datasets
+
+    records = read_records(path, prompt_column, response_column, history_column, require_response)
+    try:
+        ds = datasets.load_dataset("json", data_files=path, cache_dir=cache_dir, split="train")
+    except Exception as e:  # pyarrow schema clashes between records, etc.
+        raise RecordError(f"{path}: could not be loaded as a table ({e})") from e
+    if response_column and response_column not in ds.column_names:
+        ds = ds.add_column(response_column, [""] * len(ds))
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+        records = records[:len(ds)]
+    return ds, records
+
+
+def tokenize_for_training(ds, tokenizer, data_args, num_proc=None, overwrite_cache=False):
+    """Rows of prompt + answer + eos; returns (dataset, stats)."""
+    fn = partial(train_features, tokenizer=tokenizer, prompt_column=data_args.prompt_column,
+                 response_column=data_args.response_column, history_column=data_args.history_column,
+                 max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
+                 side=data_args.source_truncation_side, source_prefix=data_args.source_prefix or "")
+    out = ds.map(fn, batched=True, num_proc=num_proc, remove_columns=ds.column_names,
+                 load_from_cache_file=not overwrite_cache, desc="Tokenizing training data")
+    stats = {"records": len(ds), "skipped_empty_target": len(ds) - len(out),
+             "truncated_prompts": int(sum(out["truncated"]))}
+    return out.remove_columns("truncated"), stats
+
+
+def tokenize_for_generation(ds, tokenizer, data_args, num_proc=None, overwrite_cache=False):
+    fn = partial(generation_features, tokenizer=tokenizer, prompt_column=data_args.prompt_column,
+                 response_column=data_args.response_column, history_column=data_args.history_column,
+                 max_source_length=data_args.max_source_length,
+                 max_target_length=data_args.val_max_target_length,
+                 side=data_args.source_truncation_side, source_prefix=data_args.source_prefix or "")
+    out = ds.map(fn, batched=True, num_proc=num_proc, remove_columns=ds.column_names,
+                 load_from_cache_file=not overwrite_cache, desc="Tokenizing prompts")
+    stats = {"records": len(ds), "truncated_prompts": int(sum(out["truncated"]))}
+    return out, stats

@@ -1,0 +1,70 @@
+"""Token ids for training and generation, with truncation that keeps the question.
+
+PromptCBLUE prompts put the question and its options at the END (`...选项：…\n答：`). The
+original right-truncates at `max_source_length` and so trains and predicts on prompts whose
+question is cut off. `left` (our default) keeps the `[gMASK] sop` prefix and the last tokens
+of the prompt; `right` is the original behaviour.
+
+The tokenizer is duck-typed (`encode_prompt`, `encode_text`, `prefix_ids`, `eos_token_id`)
+so this module stays free of model code.
+"""
+from __future__ import annotations
+
+TRUNCATION_SIDES = ("left", "right")
+
+
+def truncate_prompt(ids: list[int], max_len: int, n_special: int, side: str) -> list[int]:
+    if len(ids) <= max_len:
+        return ids
+    if side == "right":
+        return ids[:max_len]
+    if side == "left":
+        keep = max_len - n_special
+        return ids[:n_special] + (ids[-keep:] if keep > 0 else [])
+    raise ValueError(f"truncation side {side!r}; choose one of {TRUNCATION_SIDES}")
+
+
+def prompt_ids(tokenizer, query: str, history, max_source_length: int, side: str) -> tuple[list[int], bool]:
+    """(ids, was_truncated) of one prompt."""
+    ids = tokenizer.encode_prompt(query, history)
+    out = truncate_prompt(ids, max_source_length, len(tokenizer.prefix_ids), side)
+    return out, len(out) < len(ids)
+
+
+def train_features(batch: dict, tokenizer, prompt_column: str, response_column: str,
+                   history_column: str | None, max_source_length: int, max_target_length: int,
+                   side: str, source_prefix: str = "") -> dict:
+    """`datasets.map(batched=True)` function: prompt + answer + eos, labels -100 on the prompt.
+
+    Records with an empty answer become no row (the caller counts them); rows are not padded
+    here: the collator pads each batch to its own longest row.
+    """
+    out = {"input_ids": [], "labels": [], "truncated": []}
+    for i in range(len(batch[prompt_column])):
+        query, answer = batch[prompt_column][i], batch[response_column][i]
+        if not query or not answer:
+            continue
+        history = batch[history_column][i] if history_column else None
+        a, cut = prompt_ids(tokenizer, source_prefix + query, history, max_source_length, side)
+        b = tokenizer.encode_text(answer)[:max_target_length]
+        out["input_ids"].append(a + b + [tokenizer.eos_token_id])
+        out["labels"].append([-100] * len(a) + b + [tokenizer.eos_token_id])
+        out["truncated"].append(cut)
+    return out
+
+
+def generation_features(batch: dict, tokenizer, prompt_column: str, response_column: str | None,
+                        history_column: str | None, max_source_length: int, max_target_length: int,
+                        side: str, source_prefix: str = "") -> dict:
+    """Prompt ids for every record (empty targets included: test sets have none)."""
+    out = {"input_ids": [], "label_ids": [], "truncated": []}
+    n = len(batch[prompt_column])
+    for i in range(n):
+        history = batch[history_column][i] if history_column else None
+        a, cut = prompt_ids(tokenizer, source_prefix + (batch[prompt_column][i] or ""), history,
+                            max_source_length, side)
+        target = (batch[response_column][i] if response_column and response_column in batch else None) or ""
+        out["input_ids"].append(a)
+        out["label_ids"].append(tokenizer.encode_text(target)[:max_target_length])
+        out["truncated"].append(cut)
+    return out

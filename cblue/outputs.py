@@ -1,0 +1,75 @@
+"""Prediction files: written as they are produced, assembled in input order at the end.
+
+`PredictionLog` appends one JSON line per finished sample and flushes it, so an interrupted
+run loses at most the batch in flight; started again, it skips what is already there. A
+torn last line (a crash mid-write) is ignored and that sample is predicted again.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+
+class PredictionLog:
+    def __init__(self, path: str, fresh: bool = False):
+        self.path = path
+        self.done: dict[int, str] = {}
+        if fresh and os.path.exists(path):
+            os.remove(path)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                        self.done[int(rec["index"])] = rec["predict"]
+                    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                        continue  # torn last line: that sample is simply predicted again
+            self._truncate_torn_tail()
+        self._f = open(path, "a", encoding="utf-8")
+
+    def _truncate_torn_tail(self) -> None:
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def add(self, index: int, text: str) -> None:
+        self._f.write(json.dumps({"index": index, "predict": text}, ensure_ascii=False) + "\n")
+        self.done[index] = text
+
+    def flush(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def merge_logs(paths: list[str]) -> dict[int, str]:
+    merged: dict[int, str] = {}
+    for p in paths:
+        if os.path.exists(p):
+            log = PredictionLog(p)
+            merged.update(log.done)
+            log.close()
+    return merged
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_prediction_files(output_dir: str, records: list[dict], predictions: list[str], labels: list[str],
+                           response_column: str = "target") -> None:
+    """generated_predictions.txt (the original's) and test_predictions.json (submission format)."""
+    lines = [json.dumps({"labels": l, "predict": p}, ensure_ascii=False) for p, l in zip(predictions, labels)]
+    atomic_write_text(os.path.join(output_dir, "generated_predictions.txt"), "\n".join(lines) + "\n")
+    submission = []
+    for rec, pred in zip(records, predictions):
+        rec = {k: v for k, v in rec.items() if not k.startswith("_")}
+        rec[response_column] = pred
+        submission.append(json.dumps(rec, ensure_ascii=False))
+    atomic_write_text(os.path.join(output_dir, "test_predictions.json"), "\n".join(submission) + "\n")

@@ -1,0 +1,169 @@
+"""Batched generation for ChatGLM2 with a prefix.
+
+One forward over the left-padded batch fills the KV cache (the prefix is computed once per
+batch and put in front); then one token per step. Positions are 0..n-1 over each row's real
+tokens, as the original tokenizer's left padding gives them, so a row's output does not
+depend on what it is batched with (in fp32, up to float rounding of ~1e-7 in the logits).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from .model import ChatGLM2, positions_from_mask
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    top_p: float = 1.0
+    top_k: int = 0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    num_beams: int = 1
+    seed: int = 42
+
+    def processors(self) -> LogitsProcessorList:
+        procs = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.do_sample:
+            if self.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k > 0:
+                procs.append(TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                procs.append(TopPLogitsWarper(self.top_p))
+        return procs
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+class _Stepper:
+    """Feeds a growing batch through the model, one token per row per step."""
+
+    def __init__(self, model: ChatGLM2, ids: torch.Tensor, mask: torch.Tensor):
+        self.model = model
+        self.cache = model.past_for(ids.shape[0], growing=True)
+        self.mask = model.extend_mask(mask)
+        positions = positions_from_mask(mask)
+        out = model.base(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        self.logits = out.logits[:, -1].float()
+        self.next_pos = positions[:, -1:] + 1
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=-1)
+        out = self.model.base(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.next_pos,
+                              past_key_values=self.cache, use_cache=True)
+        self.next_pos = self.next_pos + 1
+        self.logits = out.logits[:, -1].float()
+        return self.logits
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder_cache(index)
+        self.mask, self.next_pos, self.logits = self.mask[index], self.next_pos[index], self.logits[index]
+
+
+@torch.inference_mode()
+def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id: int,
+             pad_token_id: int) -> list[list[int]]:
+    """New token ids for each prompt, without the eos that ended it."""
+    was_training = model.training
+    model.eval()  # no prefix dropout while generating
+    try:
+        return _generate(model, prompts, settings, eos_token_id, pad_token_id)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model, prompts, settings, eos_token_id, pad_token_id):
+    if settings.num_beams > 1:
+        return [_beam_search(model, p, settings, eos_token_id) for p in prompts]
+    ids, mask = left_pad(prompts, pad_token_id, model.device)
+    stepper = _Stepper(model, ids, mask)
+    procs = settings.processors()
+    gen = torch.Generator(device="cpu").manual_seed(settings.seed) if settings.do_sample else None
+    seen = ids
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
+    out_tokens = []
+    logits = stepper.logits
+    for step in range(settings.max_new_tokens):
+        scores = procs(seen, logits) if procs else logits
+        if settings.do_sample:
+            probs = torch.softmax(scores, dim=-1).cpu()
+            tokens = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(ids.device)
+        else:
+            tokens = scores.argmax(dim=-1)
+        tokens = torch.where(finished, torch.full_like(tokens, pad_token_id), tokens)
+        out_tokens.append(tokens)
+        finished |= tokens == eos_token_id
+        if finished.all() or step == settings.max_new_tokens - 1:
+            break
+        seen = torch.cat([seen, tokens[:, None]], dim=-1)
+        logits = stepper.step(tokens)
+    result = []
+    for row in torch.stack(out_tokens, dim=1).tolist() if out_tokens else [[] for _ in prompts]:
+        result.append(row[:row.index(eos_token_id)] if eos_token_id in row else row)
+    return result
+
+
+def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSettings, eos_token_id: int) -> list[int]:
+    """Beam search for one prompt (length-normalised log-probability, like transformers')."""
+    k = settings.num_beams
+    ids, mask = left_pad([prompt] * k, 0, model.device)
+    stepper = _Stepper(model, ids, mask)
+    procs = settings.processors()
+    beams = [[] for _ in range(k)]
+    scores = torch.zeros(k, device=ids.device)
+    scores[1:] = -float("inf")  # all beams start identical: expand only the first
+    done: list[tuple[float, list[int]]] = []
+    seen = ids
+    logits = stepper.logits
+    for step in range(settings.max_new_tokens):
+        logp = torch.log_softmax(procs(seen, logits) if procs else logits, dim=-1)
+        cand = (scores[:, None] + logp).view(-1)
+        top_scores, top_idx = cand.topk(2 * k)
+        vocab = logp.shape[-1]
+        keep_beam, keep_tok, keep_score = [], [], []
+        for s, idx in zip(top_scores.tolist(), top_idx.tolist()):
+            b, t = divmod(idx, vocab)
+            if t == eos_token_id:
+                done.append((s / (len(beams[b]) + 1), beams[b]))
+            else:
+                keep_beam.append(b), keep_tok.append(t), keep_score.append(s)
+            if len(keep_beam) == k:
+                break
+        best_alive = keep_score[0] / (len(beams[0]) + 1) if keep_score else -float("inf")
+        if len(done) >= k and max(d[0] for d in done) >= best_alive:
+            break
+        if step == settings.max_new_tokens - 1:
+            done.extend((s / (len(beams[b]) + 1), beams[b] + [t])
+                        for b, t, s in zip(keep_beam, keep_tok, keep_score))
+            break
+        index = torch.tensor(keep_beam, device=ids.device)
+        beams = [beams[b] + [t] for b, t in zip(keep_beam, keep_tok)]
+        scores = torch.tensor(keep_score, device=ids.device)
+        tokens = torch.tensor(keep_tok, device=ids.device)
+        stepper.reorder(index)
+        seen = torch.cat([seen[index], tokens[:, None]], dim=-1)
+        logits = stepper.step(tokens)
+    return max(done, key=lambda d: d[0])[1] if done else beams[0]

@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""P-tuning v2 of ChatGLM2-6B on PromptCBLUE: train, evaluate, predict.
+
+The flow, top to bottom: parse flags -> logging -> seed -> tokenizer -> model (+ prefix) ->
+train (transformers' Trainer, prefix-only checkpoints) -> evaluate / predict (batched greedy
+generation, PromptCBLUE post-processing and official scores) -> save metrics.
+Flags and outputs are those of THUDM's ChatGLM2-6B ptuning/main.py; see README for what differs.
+"""
+import logging
+import os
+import sys
+import time
+
+import torch
+import transformers
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
+
+from arguments import DataTrainingArguments, GenerationArguments, LegacyTrainingArguments, ModelArguments
+from cblue.dataset import load_records_dataset, tokenize_for_generation, tokenize_for_training
+from cblue.outputs import PredictionLog, merge_logs, write_prediction_files
+from glm2.generation import GenerationSettings, generate
+from glm2.model import ChatGLM2
+from glm2.prefix import prefix_shape_from_checkpoint, read_prefix_checkpoint
+from glm2.tokenizer import ChatGLM2Tokenizer
+from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, last_complete_checkpoint, save_json
+
+logger = logging.getLogger("main")
+
+
+def parse_args():
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, GenerationArguments,
+                               LegacyTrainingArguments, Seq2SeqTrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses()
+
+
+def setup_logging(training_args):
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    for name in ("main", "cblue", "glm2", "trainer_seq2seq"):
+        logging.getLogger(name).setLevel(level)
+    transformers.utils.logging.set_verbosity_warning()
+
+
+def model_dtype(model_args, training_args) -> torch.dtype:
+    """fp16 on GPU as the original (bf16 with --bf16); fp32 on CPU, where fp16 is slow."""
+    if training_args.device.type == "cpu":
+        return torch.float32
+    return torch.bfloat16 if training_args.bf16 else torch.float16
+
+
+def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
+    pre_seq_len, projection = model_args.pre_seq_len, model_args.prefix_projection
+    prefix_state = None
+    if model_args.ptuning_checkpoint:
+        prefix_state = read_prefix_checkpoint(model_args.ptuning_checkpoint)
+        pre_seq_len, projection = prefix_shape_from_checkpoint(prefix_state)
+        if model_args.pre_seq_len and model_args.pre_seq_len != pre_seq_len:
+            raise ValueError(f"--pre_seq_len {model_args.pre_seq_len} but {model_args.ptuning_checkpoint} "
+                             f"holds a prefix of length {pre_seq_len}")
+    transform = None
+    if model_args.quantization_bit:
+        from glm2.quantization import quantizing_transform
+
+        transform = quantizing_transform(model_args.quantization_bit)
+    model = ChatGLM2.from_pretrained(model_args.model_name_or_path, pre_seq_len=pre_seq_len,
+                                     prefix_projection=projection, dtype=model_dtype(model_args, training_args),
+                                     device=training_args.device, seed=training_args.seed, transform=transform)
+    if prefix_state is not None:
+        model.prefix_encoder.load_original_state_dict(prefix_state, source=model_args.ptuning_checkpoint)
+    if for_training and model.prefix_encoder is None:
+        model.base.requires_grad_(True)  # no prefix: full fine-tuning, as the original
+    return model
+
+
+def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
+    train_ds, _ = load_records_dataset(data_args.train_file, data_args.prompt_column, data_args.response_column,
+                                       data_args.history_column, True, model_args.cache_dir,
+                                       data_args.max_train_samples)
+    with training_args.main_process_first(desc="tokenizing"):
+        train_ds, stats = tokenize_for_training(train_ds, tokenizer, data_args, data_args.preprocessing_num_workers,
+                                                data_args.overwrite_cache)
+    logger.info("Training data %s: %d records, %d skipped (empty target), %d prompts truncated to %d tokens "
+                "(side: %s)", data_args.train_file, stats["records"], stats["skipped_empty_target"],
+                stats["truncated_prompts"], data_args.max_source_length, data_args.source_truncation_side)
+    if len(train_ds) == 0:
+        raise ValueError(f"{data_args.train_file}: no record has a non-empty {data_args.response_column!r}")
+
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and not legacy_args.overwrite_output_dir:
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        if checkpoint:
+            logger.info("Resuming from %s (pass --overwrite_output_dir to start afresh)", checkpoint)
+    if training_args.gradient_checkpointing or training_args.device.type == "cuda":
+        model.gradient_checkpointing_enable()  # the original always checkpoints; it is what fits 6B on 32 GB
+    training_args.gradient_checkpointing = False  # done above, our way
+
+    trainer = PrefixTrainer(model=model, args=training_args, train_dataset=train_ds,
+                            data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[LossCurveCallback()])
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics, train_samples=len(train_ds), **{f"train_{k}": v for k, v in stats.items()})
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        logger.info("Checkpoints (prefix only) are in %s", training_args.output_dir)
+
+
+def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
+            max_samples=None, prefix="predict", out_dir=None):
+    """Generate for every record of data_file; write the prediction files; return metrics."""
+    out_dir = out_dir or training_args.output_dir
+    os.makedirs(out_dir, exist_ok=True)
+    ds, records = load_records_dataset(data_file, data_args.prompt_column, data_args.response_column,
+                                       data_args.history_column, False, model_args.cache_dir, max_samples)
+    feats, stats = tokenize_for_generation(ds, tokenizer, data_args, data_args.preprocessing_num_workers,
+                                           data_args.overwrite_cache)
+    prompts, label_ids = feats["input_ids"], feats["label_ids"]
+    logger.info("%s %s: %d records, %d prompts truncated", split, data_file, len(prompts), stats["truncated_prompts"])
+    settings = GenerationSettings(
+        max_new_tokens=gen_args.max_new_tokens or data_args.val_max_target_length,
+        do_sample=gen_args.do_sample, top_p=gen_args.top_p, top_k=gen_args.top_k,
+        temperature=gen_args.temperature, repetition_penalty=gen_args.repetition_penalty,
+        num_beams=data_args.num_beams or 1, seed=training_args.seed)
+
+    rank, world = training_args.process_index, training_args.world_size
+    log = PredictionLog(os.path.join(out_dir, f".{prefix}_progress.rank{rank}.jsonl"))
+    mine = [i for i in range(len(prompts)) if i % world == rank and i not in log.done]
+    mine.sort(key=lambda i: len(prompts[i]))  # similar lengths together: little padding
+    batch_size = training_args.per_device_eval_batch_size
+    start = time.time()
+    for b in range(0, len(mine), batch_size):
+        idx = mine[b:b + batch_size]
+        for i, ids in zip(idx, generate(model, [prompts[i] for i in idx], settings, tokenizer.eos_token_id,
+                                        tokenizer.pad_token_id)):
+            log.add(i, tokenizer.decode(ids).strip())
+        log.flush()
+    runtime = time.time() - start
+    log.close()
+    if world > 1:
+        torch.distributed.barrier()
+    metrics = {f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples": len(prompts),
+               f"{prefix}_samples_per_second": round(len(mine) / runtime, 3) if runtime > 0 else None}
+    if rank != 0:
+        return metrics
+    done = merge_logs([os.path.join(out_dir, f".{prefix}_progress.rank{r}.jsonl") for r in range(world)])
+    predictions = [done[i] for i in range(len(prompts))]
+    labels = [tokenizer.decode(ids).strip() for ids in label_ids]
+    write_prediction_files(out_dir, records, predictions, labels, data_args.response_column)
+    from cblue.evaluate import evaluate_predictions
+
+    metrics.update(evaluate_predictions(out_dir, records, predictions, labels, data_args, gen_args.version, prefix))
+    for r in range(world):
+        os.remove(os.path.join(out_dir, f".{prefix}_progress.rank{r}.jsonl"))
+    return metrics
+
+
+def main():
+    model_args, data_args, gen_args, legacy_args, training_args = parse_args()
+    setup_logging(training_args)
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required (a chatglm2-6b folder)")
+    set_seed(training_args.seed)
+    if legacy_args.logging_dir:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", legacy_args.logging_dir)
+    tokenizer = ChatGLM2Tokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
+
+    if training_args.do_train:
+        model = load_model(model_args, training_args, for_training=True)
+        train(model, tokenizer, model_args, data_args, legacy_args, training_args)
+    else:
+        model = None
+
+    for enabled, split, data_file, max_samples, prefix in (
+            (training_args.do_eval, "validation", data_args.validation_file, data_args.max_eval_samples, "eval"),
+            (training_args.do_predict, "test", data_args.test_file, data_args.max_predict_samples, "predict")):
+        if not enabled:
+            continue
+        if data_file is None:
+            raise ValueError(f"--do_{'eval' if prefix == 'eval' else 'predict'} needs a {split} file")
+        if model is None:
+            model = load_model(model_args, training_args, for_training=False)
+        metrics = predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
+                          max_samples, prefix)
+        if training_args.process_index == 0:
+            save_json(os.path.join(training_args.output_dir, f"{prefix}_results.json"), metrics)
+            _update_all_results(training_args.output_dir, metrics)
+            logger.info("%s metrics: %s", prefix, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+
+
+def _update_all_results(output_dir, metrics):
+    import json
+
+    path = os.path.join(output_dir, "all_results.json")
+    combined = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {}
+    combined.update(metrics)
+    save_json(path, combined)
+
+
+if __name__ == "__main__":
+    main()

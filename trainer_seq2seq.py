@@ -1,0 +1,111 @@
+"""The Trainer: transformers' own loop, with checkpoints that hold only the prefix.
+
+A checkpoint-N folder is the original's: `pytorch_model.bin` with the prefix tensors under
+their original names (a few MB, not 12 GB), `config.json`, and transformers' optimizer,
+scheduler, RNG and `trainer_state.json` for `--resume_from_checkpoint`. trainer_state.json is
+written last, so a folder without it is an interrupted save and is never resumed from.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+class PrefixTrainer(Trainer):
+    """Saves and restores only what trains: the prefix encoder."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        _unwrap(self.model).save_prefix(output_dir)
+        logger.info("Saved the prefix to %s", output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        _unwrap(model or self.model).load_prefix(resume_from_checkpoint)
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    return all(os.path.isfile(os.path.join(path, f)) for f in ("pytorch_model.bin", "trainer_state.json"))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-N in output_dir that finished saving."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(output_dir)
+                   if (m := CHECKPOINT_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name)))
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        if is_complete_checkpoint(path):
+            return path
+        logger.warning("%s was not finished (no trainer_state.json); skipping it", path)
+    return None
+
+
+class LossCurveCallback(TrainerCallback):
+    """Writes loss_curve.png (loss and learning rate against step) when training ends."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        points = [(h["step"], h["loss"], h.get("learning_rate")) for h in state.log_history if "loss" in h]
+        if not points:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps, losses, lrs = zip(*points)
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+        ax.plot(steps, losses, marker="o", markersize=3, color="tab:blue", label="training loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss", color="tab:blue")
+        ax.grid(alpha=0.3)
+        if all(lr is not None for lr in lrs):
+            ax2 = ax.twinx()
+            ax2.plot(steps, lrs, color="tab:orange", alpha=0.7, label="learning rate")
+            ax2.set_ylabel("learning rate", color="tab:orange")
+        ax.set_title(f"P-tuning loss ({os.path.basename(os.path.abspath(args.output_dir))})")
+        fig.tight_layout()
+        path = os.path.join(args.output_dir, "loss_curve.png")
+        fig.savefig(path)
+        plt.close(fig)
+        logger.info("Loss curve: %s", path)
+
+
+class PadCollator:
+    """Pads each batch to its own longest row (the original pads every row to the maximum)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), -100, dtype=torch.long)
+        for i, f in enumerate(features):
+            ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            labels[i, :len(f["labels"])] = torch.tensor(f["labels"])
+        return {"input_ids": ids, "labels": labels}
+
+
+def save_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2)
+    os.replace(tmp, path)
