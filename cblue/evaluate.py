@@ -1,0 +1,85 @@
+"""What main.py's --do_eval/--do_predict write after generating: the official structured
+results, the PromptCBLUE scores (when the data has targets) and the original's ROUGE/BLEU."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from .postprocess import structure_records
+from .score import ScoreError, format_table, score_structured, score_task
+from .tasks import detect_version, main_metric
+
+logger = logging.getLogger(__name__)
+
+
+def original_rouge_bleu(predictions: list[str], labels: list[str]) -> dict:
+    """The original main.py's compute_metrics: jieba words, rouge-chinese, char BLEU-4 (x100)."""
+    import jieba
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    from rouge_chinese import Rouge
+
+    jieba.setLogLevel(logging.WARNING)
+    scores = {"rouge-1": [], "rouge-2": [], "rouge-l": [], "bleu-4": []}
+    for pred, label in zip(predictions, labels):
+        hyp, ref = " ".join(jieba.cut(pred)), " ".join(jieba.cut(label))
+        if hyp.strip() and ref.strip():
+            result = Rouge().get_scores(hyp, ref)[0]
+            for k in ("rouge-1", "rouge-2", "rouge-l"):
+                scores[k].append(round(result[k]["f"] * 100, 4))
+        else:  # rouge-chinese raises on empty text (the original crashed); count it as 0
+            for k in ("rouge-1", "rouge-2", "rouge-l"):
+                scores[k].append(0.0)
+        bleu = sentence_bleu([list(label)], list(pred), smoothing_function=SmoothingFunction().method3)
+        scores["bleu-4"].append(round(bleu * 100, 4))
+    return {k: (sum(v) / len(v) if v else 0.0) for k, v in scores.items()}
+
+
+def evaluate_predictions(out_dir: str, records: list[dict], predictions: list[str], labels: list[str],
+                         data_args, version: str | None, prefix: str) -> dict:
+    """Write results.json (+ scores.json when targets exist); return metrics for *_results.json."""
+    response = data_args.response_column
+    pred_records = [dict(r, **{response: p}) for r, p in zip(records, predictions)]
+    metrics = {}
+    has_tasks = all("task_dataset" in r for r in records)
+    if not has_tasks:
+        logger.info("No task_dataset field: PromptCBLUE post-processing and scores skipped")
+    else:
+        version = version or detect_version(r["task_dataset"] for r in records)
+        structured = structure_records(pred_records, version, response, source="predictions")
+        with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(structured, f, ensure_ascii=False, indent=2)
+        gold_records = [r for r in records if r.get(response)]
+        if gold_records:
+            scores = _score_with_targets(records, pred_records, version, response)
+            with open(os.path.join(out_dir, "scores.json"), "w", encoding="utf-8") as f:
+                json.dump(scores, f, ensure_ascii=False, indent=2)
+            print(format_table(scores))
+            metrics[f"{prefix}_score"] = scores["score"]
+            for task, m in scores["tasks"].items():
+                metrics[f"{prefix}_{task}_{main_metric(task)}"] = m[main_metric(task)]
+    if any(labels):
+        metrics.update({f"{prefix}_{k}": v for k, v in original_rouge_bleu(predictions, labels).items()})
+    return metrics
+
+
+def _score_with_targets(records, pred_records, version, response) -> dict:
+    """Scores over the records that have a target; a task the official would refuse (e.g. an
+    empty gold label) is reported and left out of the overall score instead of failing."""
+    keep = [i for i, r in enumerate(records) if r.get(response)]
+    if len(keep) < len(records):
+        logger.warning("%d records have no target and are not scored", len(records) - len(keep))
+    gold = structure_records([records[i] for i in keep], version, response)
+    pred = structure_records([pred_records[i] for i in keep], version, response)
+    try:
+        return score_structured(gold, pred, version)
+    except ScoreError:
+        tasks, skipped = {}, {}
+        for task in gold:
+            try:
+                tasks[task] = score_task(task, gold[task], pred[task])
+            except ScoreError as e:
+                skipped[task] = str(e)
+                logger.warning("not scored: %s", e)
+        score = sum(tasks[t][main_metric(t)] for t in tasks) / len(tasks) if tasks else 0.0
+        return {"score": score, "tasks": tasks, "version": version, "not_scored": skipped}
