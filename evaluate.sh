@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Evaluate a P-tuning checkpoint on PromptCBLUE: batched greedy generation, then the official
+# PromptCBLUE post-processing and scores (the original ptuning/evaluate.sh, settings from the
+# environment, extra arguments forwarded to main.py; the last value of a flag wins).
+#
+#   bash evaluate.sh                                   # embedded tiny model, its latest checkpoint, dev.json
+#   MODEL=/path/to/chatglm2-6b CHECKPOINT=promptcblue-chatglm2-6b-pt-128-2e-2 STEP=3000 bash evaluate.sh
+#   TEST_FILE=PromptCBLUE/test.json bash evaluate.sh   # predict the test set (no targets: no scores)
+#   COMPARE_BASE=1 bash evaluate.sh                    # also the base model without prefix, side by side
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
+
+NUM_GPUS=${NUM_GPUS:-1}
+DATA=${DATA:-PromptCBLUE}
+TEST_FILE=${TEST_FILE:-$DATA/dev.json}
+
+if [ -z "${MODEL:-}" ]; then
+  MODEL=output/tiny-chatglm2
+  [ -f "$MODEL/config.json" ] || { echo "evaluate.sh: no MODEL given and $MODEL is not built; run 'bash train.sh' first." >&2; exit 1; }
+  CHECKPOINT=${CHECKPOINT:-tiny-chatglm2-pt-${PRE_SEQ_LEN:-16}-${LR:-2e-2}}
+  BATCH=${BATCH:-16}
+  DEFAULTS=(--max_source_length 128 --max_target_length 64)
+else
+  CHECKPOINT=${CHECKPOINT:-promptcblue-chatglm2-6b-pt-${PRE_SEQ_LEN:-128}-${LR:-2e-2}}
+  BATCH=${BATCH:-16}
+  DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196})
+fi
+if [ -z "${STEP:-}" ]; then  # the newest complete checkpoint
+  STEP=$(ls -d "output/$CHECKPOINT"/checkpoint-* 2>/dev/null | while read -r d; do
+           [ -f "$d/trainer_state.json" ] && echo "${d##*-}"; done | sort -n | tail -n 1)
+  [ -n "$STEP" ] || { echo "evaluate.sh: no checkpoint in output/$CHECKPOINT; train first or set CHECKPOINT/STEP." >&2; exit 1; }
+fi
+EXTRA=()
+[ -n "${COMPARE_BASE:-}" ] && [ "${COMPARE_BASE}" != "0" ] && EXTRA+=(--compare_base)
+
+echo "evaluate.sh: $MODEL + output/$CHECKPOINT/checkpoint-$STEP on $TEST_FILE"
+torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py \
+    --do_predict \
+    --validation_file "$TEST_FILE" \
+    --test_file "$TEST_FILE" \
+    --overwrite_cache \
+    --prompt_column input \
+    --response_column target \
+    --model_name_or_path "$MODEL" \
+    --ptuning_checkpoint "output/$CHECKPOINT/checkpoint-$STEP" \
+    --output_dir "output/$CHECKPOINT/eval-$STEP" \
+    --overwrite_output_dir \
+    --per_device_eval_batch_size "$BATCH" \
+    --predict_with_generate \
+    "${DEFAULTS[@]}" \
+    "${EXTRA[@]}" \
+    "$@"
+echo "evaluate.sh: outputs in output/$CHECKPOINT/eval-$STEP (generated_predictions.txt, test_predictions.json, results.json, scores.json)"
