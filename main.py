@@ -28,6 +28,9 @@ logger = logging.getLogger("main")
 
 
 def parse_args():
+    if not torch.cuda.is_available():
+        # Lets torchrun on a CPU-only machine run real DDP (gloo) instead of N independent runs.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, GenerationArguments,
                                LegacyTrainingArguments, Seq2SeqTrainingArguments))
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):

@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(ROOT, "..", "shared", "golden", "chatglm2-tiny")
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data", "promptcblue")
+sys.path.insert(0, ROOT)
+
+needs_golden = pytest.mark.skipif(not os.path.isdir(GOLDEN), reason="../shared/golden not present")
+needs_shared_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data not present")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The embedded default model, built from the project's own sample data."""
+    from glm2.tiny import build_tiny_model
+
+    return build_tiny_model(os.path.join(ROOT, "PromptCBLUE", "train.json"),
+                            str(tmp_path_factory.mktemp("tiny") / "tiny-chatglm2"))
+
+
+def run_main(args, cwd=ROOT, env=None, check=True, torchrun=None):
+    """Run main.py in a fresh process (as train.sh does) and return the CompletedProcess."""
+    cmd = [sys.executable, "main.py", *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               f"--nproc-per-node={torchrun}", "main.py", *args]
+    full_env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+                    **(env or {}))
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"main.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

@@ -1,0 +1,96 @@
+"""P-tuning end to end on the embedded tiny model: loss, checkpoints, resume."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import GOLDEN, ROOT, needs_golden, run_main
+from glm2.model import ChatGLM2
+from glm2.prefix import CHECKPOINT_PREFIX
+
+TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
+
+
+def train_args(model, out, *extra):
+    return ["--do_train", "--train_file", TRAIN, "--model_name_or_path", model, "--output_dir", str(out),
+            "--max_source_length", "96", "--max_target_length", "48", "--per_device_train_batch_size", "4",
+            "--learning_rate", "3e-2", "--pre_seq_len", "8", "--logging_steps", "1", "--seed", "7",
+            "--report_to", "none", "--dataloader_num_workers", "0", *extra]
+
+
+def losses(out_dir):
+    with open(os.path.join(out_dir, "trainer_state.json")) as f:
+        return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
+
+
+def test_loss_falls_when_overfitting(tiny_model, tmp_path):
+    run_main(train_args(tiny_model, tmp_path, "--max_train_samples", "4", "--max_steps", "40", "--save_steps", "40",
+                        "--overwrite_output_dir"))
+    curve = losses(tmp_path)
+    first, last = sum(curve[s] for s in (1, 2, 3)) / 3, sum(curve[s] for s in (38, 39, 40)) / 3
+    assert last < first - 0.5, curve
+    assert os.path.isfile(tmp_path / "loss_curve.png")
+    results = json.load(open(tmp_path / "train_results.json"))
+    assert results["train_samples_per_second"] > 0
+
+
+def test_checkpoint_holds_only_the_prefix_in_original_format(tiny_model, tmp_path):
+    run_main(train_args(tiny_model, tmp_path, "--max_steps", "2", "--save_steps", "2", "--overwrite_output_dir"))
+    state = torch.load(tmp_path / "checkpoint-2" / "pytorch_model.bin", weights_only=True)
+    cfg = json.load(open(os.path.join(tiny_model, "config.json")))
+    width = 2 * cfg["num_layers"] * cfg["multi_query_group_num"] * cfg["kv_channels"]
+    assert list(state) == [CHECKPOINT_PREFIX + "embedding.weight"]
+    assert state[CHECKPOINT_PREFIX + "embedding.weight"].shape == (8, width)
+    assert state[CHECKPOINT_PREFIX + "embedding.weight"].dtype == torch.float32
+    assert os.path.getsize(tmp_path / "checkpoint-2" / "pytorch_model.bin") < 100_000
+    ckpt_cfg = json.load(open(tmp_path / "checkpoint-2" / "config.json"))
+    assert ckpt_cfg["pre_seq_len"] == 8 and ckpt_cfg["prefix_projection"] is False
+
+
+def test_prefix_projection_checkpoint_names(tiny_model, tmp_path):
+    run_main(train_args(tiny_model, tmp_path, "--max_steps", "1", "--save_steps", "1", "--prefix_projection",
+                        "--overwrite_output_dir"))
+    state = torch.load(tmp_path / "checkpoint-1" / "pytorch_model.bin", weights_only=True)
+    assert sorted(state) == sorted(CHECKPOINT_PREFIX + k for k in (
+        "embedding.weight", "trans.0.weight", "trans.0.bias", "trans.2.weight", "trans.2.bias"))
+    m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8, prefix_projection=True)
+    m.load_prefix(str(tmp_path / "checkpoint-1"))  # and it loads back
+
+
+def test_resume_continues_exactly(tiny_model, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_main(train_args(tiny_model, full, "--max_steps", "6", "--save_steps", "3", "--overwrite_output_dir"))
+    # An interrupted run: it got as far as checkpoint-3, and was writing checkpoint-6 when killed.
+    os.makedirs(resumed)
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    os.makedirs(resumed / "checkpoint-6")
+    shutil.copy(full / "checkpoint-6" / "pytorch_model.bin", resumed / "checkpoint-6")  # no trainer_state.json
+    proc = run_main(train_args(tiny_model, resumed, "--max_steps", "6", "--save_steps", "3"))
+    assert "Resuming from" in proc.stdout + proc.stderr and "checkpoint-3" in proc.stdout + proc.stderr
+    a, b = losses(full), losses(resumed)
+    for step in (4, 5, 6):
+        assert b[step] == pytest.approx(a[step], abs=1e-4)
+    assert torch.equal(torch.load(full / "checkpoint-6" / "pytorch_model.bin", weights_only=True)[
+        CHECKPOINT_PREFIX + "embedding.weight"], torch.load(resumed / "checkpoint-6" / "pytorch_model.bin",
+                                                             weights_only=True)[CHECKPOINT_PREFIX + "embedding.weight"])
+
+
+@needs_golden
+def test_original_checkpoint_round_trips(tmp_path):
+    m = ChatGLM2.from_pretrained(os.path.join(GOLDEN, "model"), pre_seq_len=8)
+    m.load_prefix(os.path.join(GOLDEN, "ptuning-checkpoint-20"))
+    m.save_prefix(str(tmp_path))
+    ours = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    theirs = torch.load(os.path.join(GOLDEN, "ptuning-checkpoint-20", "pytorch_model.bin"), weights_only=True)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_wrong_prefix_length_is_a_clear_error(tiny_model, tmp_path):
+    m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
+    m.save_prefix(str(tmp_path))
+    other = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=4)
+    with pytest.raises(ValueError, match="pre_seq_len"):
+        other.load_prefix(str(tmp_path))
