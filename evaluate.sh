@@ -18,7 +18,7 @@ TEST_FILE=${TEST_FILE:-$DATA/dev.json}
 if [ -z "${MODEL:-}" ]; then
   MODEL=output/tiny-chatglm2
   [ -f "$MODEL/config.json" ] || { echo "evaluate.sh: no MODEL given and $MODEL is not built; run 'bash train.sh' first." >&2; exit 1; }
-  CHECKPOINT=${CHECKPOINT:-tiny-chatglm2-pt-${PRE_SEQ_LEN:-16}-${LR:-2e-2}}
+  CHECKPOINT=${CHECKPOINT:-tiny-chatglm2-pt-${PRE_SEQ_LEN:-128}-${LR:-3e-2}}
   BATCH=${BATCH:-16}
   DEFAULTS=(--max_source_length 128 --max_target_length 64)
 else

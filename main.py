@@ -19,7 +19,7 @@ from arguments import DataTrainingArguments, GenerationArguments, LegacyTraining
 from cblue.dataset import load_records_dataset, tokenize_for_generation, tokenize_for_training
 from cblue.outputs import PredictionLog, merge_logs, write_prediction_files
 from glm2.generation import GenerationSettings, generate
-from glm2.model import ChatGLM2
+from glm2.model import ChatGLM2, without_prefix
 from glm2.prefix import prefix_shape_from_checkpoint, read_prefix_checkpoint
 from glm2.tokenizer import ChatGLM2Tokenizer
 from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, last_complete_checkpoint, save_json
@@ -185,12 +185,37 @@ def main():
             raise ValueError(f"--do_{'eval' if prefix == 'eval' else 'predict'} needs a {split} file")
         if model is None:
             model = load_model(model_args, training_args, for_training=False)
+        if gen_args.compare_base:
+            if model.prefix_encoder is None:
+                raise ValueError("--compare_base needs a prefix: pass --ptuning_checkpoint")
+            with without_prefix(model):  # the same loaded weights, no prefix
+                predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
+                        max_samples, prefix, out_dir=os.path.join(training_args.output_dir, "base"))
         metrics = predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
                           max_samples, prefix)
+        if gen_args.compare_base and training_args.process_index == 0:
+            compare(training_args.output_dir, data_file, data_args, max_samples, metrics)
         if training_args.process_index == 0:
             save_json(os.path.join(training_args.output_dir, f"{prefix}_results.json"), metrics)
             _update_all_results(training_args.output_dir, metrics)
             logger.info("%s metrics: %s", prefix, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+
+
+def compare(output_dir, data_file, data_args, max_samples, metrics):
+    """comparison.md / comparison.png from the base/ and the tuned predictions."""
+    from cblue.compare import write_comparison
+    from cblue.records import read_records
+
+    records = read_records(data_file, data_args.prompt_column, data_args.response_column, data_args.history_column,
+                           require_response=False)[:max_samples]
+    if not os.path.exists(os.path.join(output_dir, "scores.json")):
+        logger.warning("No targets in %s: nothing to compare scores on", data_file)
+        return
+    result = write_comparison(output_dir, records, os.path.join(output_dir, "base"), output_dir,
+                              response_column=data_args.response_column)
+    metrics.update({f"compare_{k}": v for k, v in result.items()})
+    logger.info("Base %.4f -> tuned %.4f: %s", result["base_score"], result["tuned_score"],
+                os.path.join(output_dir, "comparison.md"))
 
 
 def _update_all_results(output_dir, metrics):

@@ -15,12 +15,14 @@ DATA=${DATA:-PromptCBLUE}
 
 if [ -z "${MODEL:-}" ]; then
   # The embedded default: built once under output/, then P-tuned in a few minutes on 2 CPU cores.
-  MODEL=$(python -m glm2.tiny --train_file "$DATA/train.json" --out output/tiny-chatglm2 | tail -n 1)
-  PRE_SEQ_LEN=${PRE_SEQ_LEN:-16}
-  LR=${LR:-2e-2}
+  # Random weights, then a short causal-LM pre-training on the texts (cached once built).
+  MODEL=$(python -m glm2.tiny --train_file "$DATA/train.json" --out output/tiny-chatglm2 \
+            --pretrain_steps ${PRETRAIN_STEPS:-300} | tail -n 1)
+  PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}
+  LR=${LR:-3e-2}
   RUN=${RUN:-tiny-chatglm2-pt-$PRE_SEQ_LEN-$LR}
   DEFAULTS=(--max_source_length 128 --max_target_length 64 --per_device_train_batch_size 8
-            --gradient_accumulation_steps 1 --max_steps ${MAX_STEPS:-300} --logging_steps 10 --save_steps 100
+            --gradient_accumulation_steps 1 --max_steps ${MAX_STEPS:-800} --logging_steps 20 --save_steps 200
             --dataloader_num_workers 0)
   echo "train.sh: no MODEL given; P-tuning the embedded tiny ChatGLM2 in $MODEL on $DATA/train.json (CPU)."
 else

@@ -111,3 +111,18 @@ class ChatGLM2(nn.Module):
             cfg.update(pre_seq_len=self.pre_seq_len, prefix_projection=self.prefix_encoder.projection)
             with open(os.path.join(ckpt_dir, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(cfg, f, indent=2)
+
+
+class without_prefix:
+    """`with without_prefix(model):` runs the base model alone (the prefix is set aside, not
+    freed), so a before/after comparison loads the 6B weights once."""
+
+    def __init__(self, model: ChatGLM2):
+        self.model, self.saved = model, None
+
+    def __enter__(self):
+        self.saved, self.model.prefix_encoder = self.model.prefix_encoder, None
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.prefix_encoder = self.saved

@@ -14,7 +14,9 @@ import argparse
 import io
 import json
 import logging
+import math
 import os
+import random
 import shutil
 
 import torch
@@ -49,7 +51,39 @@ def train_tokenizer(train_file: str, model_path: str, vocab_size: int = 2000) ->
         f.write(buf.getvalue())
 
 
-def build_tiny_model(train_file: str, out_dir: str, seed: int = 0) -> str:
+def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128, batch_size: int = 16,
+             lr: float = 3e-3, seed: int = 0, log_every: int = 100) -> list[float]:
+    """Causal-LM training of all weights on plain texts (no chat template, no prompt/answer
+    pairing): the tiny model learns the language and the answer formats, but not which answer
+    follows which prompt. That mapping is what P-tuning then has to teach."""
+    stream = []
+    for text in texts:
+        stream.extend(tokenizer.encode_text(text) + [tokenizer.eos_token_id])
+    data = torch.tensor(stream, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(
+        0.1, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    model.train()
+    losses = []
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=gen)
+        batch = torch.stack([data[s:s + seq_len] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            logger.info("pre-training step %d/%d: loss %.3f", step + 1, steps, sum(losses[-log_every:]) / log_every)
+    model.eval()
+    return losses
+
+
+def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0) -> str:
     """Build (once) and return out_dir. Built in a temporary folder and renamed when complete,
     so an interrupted build is never mistaken for a finished one."""
     if is_built(out_dir):
@@ -76,6 +110,12 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0) -> str:
     config = glm_config_from_chatglm(chatglm_config_from_glm(shape))
     torch.manual_seed(seed)
     model = GlmForCausalLM._from_config(config, dtype=torch.float32)
+    if pretrain_steps:
+        with open(train_file, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        texts = [r.get(k, "") for r in records for k in ("input", "target") if r.get(k)]
+        random.Random(seed).shuffle(texts)
+        pretrain(model, tok, texts, pretrain_steps, seed=seed)
     save_chatglm(model, tmp)
     open(os.path.join(tmp, DONE_MARKER), "w").close()
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -90,9 +130,11 @@ def main():
     parser.add_argument("--train_file", default="PromptCBLUE/train.json")
     parser.add_argument("--out", default="output/tiny-chatglm2")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain_steps", type=int, default=0,
+                        help="causal-LM pre-training steps on the texts of --train_file (0: random weights)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build_tiny_model(args.train_file, args.out, args.seed))
+    print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps))
 
 
 if __name__ == "__main__":
