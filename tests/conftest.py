@@ -22,6 +22,18 @@ def tiny_model(tmp_path_factory):
                             str(tmp_path_factory.mktemp("tiny") / "tiny-chatglm2"))
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory):
+    """A prefix for the tiny model, trained a few steps so that generations are not all alike."""
+    out = tmp_path_factory.mktemp("ckpt")
+    run_main(["--do_train", "--train_file", os.path.join(ROOT, "PromptCBLUE", "train.json"),
+              "--model_name_or_path", tiny_model, "--output_dir", str(out), "--overwrite_output_dir",
+              "--max_source_length", "128", "--max_target_length", "48", "--per_device_train_batch_size", "8",
+              "--learning_rate", "2e-2", "--pre_seq_len", "8", "--max_steps", "20", "--save_steps", "20",
+              "--report_to", "none"])
+    return str(out / "checkpoint-20")
+
+
 def run_main(args, cwd=ROOT, env=None, check=True, torchrun=None):
     """Run main.py in a fresh process (as train.sh does) and return the CompletedProcess."""
     cmd = [sys.executable, "main.py", *args]

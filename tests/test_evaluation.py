@@ -18,18 +18,6 @@ DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 TEST = os.path.join(ROOT, "PromptCBLUE", "test.json")
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    """A prefix for the tiny model, trained a few steps so that generations are not all alike."""
-    out = tmp_path_factory.mktemp("ckpt")
-    run_main(["--do_train", "--train_file", os.path.join(ROOT, "PromptCBLUE", "train.json"),
-              "--model_name_or_path", tiny_model, "--output_dir", str(out), "--overwrite_output_dir",
-              "--max_source_length", "128", "--max_target_length", "48", "--per_device_train_batch_size", "8",
-              "--learning_rate", "2e-2", "--pre_seq_len", "8", "--max_steps", "20", "--save_steps", "20",
-              "--report_to", "none"])
-    return str(out / "checkpoint-20")
-
-
 def predict_args(model, ckpt, out, data=DEV, *extra):
     return ["--do_predict", "--test_file", data, "--model_name_or_path", model, "--ptuning_checkpoint", ckpt,
             "--output_dir", str(out), "--max_source_length", "128", "--max_target_length", "32",
@@ -41,10 +29,10 @@ def read_lines(path):
         return [json.loads(line) for line in f]
 
 
-def test_batch_16_equals_batch_1(tiny_model, checkpoint):
+def test_batch_16_equals_batch_1(tiny_model, tiny_checkpoint):
     tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
     m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
-    m.load_prefix(checkpoint)
+    m.load_prefix(tiny_checkpoint)
     prompts = [tok.encode_prompt(r["input"])[-100:] for r in read_lines(DEV)[:32]]
     assert len({len(p) for p in prompts}) > 5  # really different lengths: real padding
     s = GenerationSettings(max_new_tokens=24)
@@ -55,10 +43,10 @@ def test_batch_16_equals_batch_1(tiny_model, checkpoint):
     assert len({tuple(x) for x in one}) > 1
 
 
-def test_sampling_is_reproducible_and_beams_run(tiny_model, checkpoint):
+def test_sampling_is_reproducible_and_beams_run(tiny_model, tiny_checkpoint):
     tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
     m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
-    m.load_prefix(checkpoint)
+    m.load_prefix(tiny_checkpoint)
     prompts = [tok.encode_prompt(r["input"])[-100:] for r in read_lines(DEV)[:4]]
     s = GenerationSettings(max_new_tokens=12, do_sample=True, top_p=0.7, temperature=0.95, seed=3)
     assert generate(m, prompts, s, 2, 0) == generate(m, prompts, s, 2, 0)
@@ -66,8 +54,8 @@ def test_sampling_is_reproducible_and_beams_run(tiny_model, checkpoint):
     assert len(beams) == 2 and all(len(b) <= 12 for b in beams)
 
 
-def test_predict_writes_every_output(tiny_model, checkpoint, tmp_path):
-    run_main(predict_args(tiny_model, checkpoint, tmp_path, DEV, "--per_device_eval_batch_size", "16"))
+def test_predict_writes_every_output(tiny_model, tiny_checkpoint, tmp_path):
+    run_main(predict_args(tiny_model, tiny_checkpoint, tmp_path, DEV, "--per_device_eval_batch_size", "16"))
     records = read_lines(DEV)
     lines = read_lines(tmp_path / "generated_predictions.txt")
     assert len(lines) == len(records) and set(lines[0]) == {"labels", "predict"}
@@ -91,17 +79,17 @@ def test_predict_writes_every_output(tiny_model, checkpoint, tmp_path):
     assert json.load(open(tmp_path / "cli.json"))["score"] == pytest.approx(scores["score"], abs=1e-12)
 
 
-def test_records_without_targets_are_predicted(tiny_model, checkpoint, tmp_path):
-    run_main(predict_args(tiny_model, checkpoint, tmp_path, TEST, "--per_device_eval_batch_size", "16"))
+def test_records_without_targets_are_predicted(tiny_model, tiny_checkpoint, tmp_path):
+    run_main(predict_args(tiny_model, tiny_checkpoint, tmp_path, TEST, "--per_device_eval_batch_size", "16"))
     assert len(read_lines(tmp_path / "test_predictions.json")) == len(read_lines(TEST))
     assert os.path.exists(tmp_path / "results.json") and not os.path.exists(tmp_path / "scores.json")
 
 
-def test_interrupted_prediction_resumes_to_the_same_files(tiny_model, checkpoint, tmp_path):
+def test_interrupted_prediction_resumes_to_the_same_files(tiny_model, tiny_checkpoint, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     args = ["--per_device_eval_batch_size", "1", "--max_predict_samples", "30"]
-    run_main(predict_args(tiny_model, checkpoint, full, DEV, *args))
-    proc = subprocess.Popen([sys.executable, "main.py", *predict_args(tiny_model, checkpoint, cut, DEV, *args)],
+    run_main(predict_args(tiny_model, tiny_checkpoint, full, DEV, *args))
+    proc = subprocess.Popen([sys.executable, "main.py", *predict_args(tiny_model, tiny_checkpoint, cut, DEV, *args)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = cut / ".predict_progress.rank0.jsonl"
     deadline = time.time() + 120
@@ -113,6 +101,6 @@ def test_interrupted_prediction_resumes_to_the_same_files(tiny_model, checkpoint
     assert 3 <= done_before < 30 and not (cut / "generated_predictions.txt").exists()
     with open(progress, "a") as f:
         f.write('{"index": 29, "pred')  # a line torn by the kill
-    run_main(predict_args(tiny_model, checkpoint, cut, DEV, *args))
+    run_main(predict_args(tiny_model, tiny_checkpoint, cut, DEV, *args))
     for name in ("generated_predictions.txt", "test_predictions.json", "results.json", "scores.json"):
         assert (cut / name).read_bytes() == (full / name).read_bytes(), name
