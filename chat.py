@@ -76,14 +76,9 @@ def main():
     state = read_prefix_checkpoint(ckpt)
     pre_seq_len, projection = prefix_shape_from_checkpoint(state)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    transform = None
-    if args.quantization_bit:
-        from glm2.quantization import quantizing_transform
-
-        transform = quantizing_transform(args.quantization_bit)
     model = ChatGLM2.from_pretrained(args.model_name_or_path, pre_seq_len=pre_seq_len, prefix_projection=projection,
                                      dtype=torch.float16 if device == "cuda" else torch.float32, device=device,
-                                     transform=transform)
+                                     quantization_bit=args.quantization_bit)
     model.prefix_encoder.load_original_state_dict(state, source=ckpt)
     tok = ChatGLM2Tokenizer.from_pretrained(args.model_name_or_path)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)

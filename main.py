@@ -63,17 +63,15 @@ def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
         if model_args.pre_seq_len and model_args.pre_seq_len != pre_seq_len:
             raise ValueError(f"--pre_seq_len {model_args.pre_seq_len} but {model_args.ptuning_checkpoint} "
                              f"holds a prefix of length {pre_seq_len}")
-    transform = None
-    if model_args.quantization_bit:
-        from glm2.quantization import quantizing_transform
-
-        transform = quantizing_transform(model_args.quantization_bit)
     model = ChatGLM2.from_pretrained(model_args.model_name_or_path, pre_seq_len=pre_seq_len,
                                      prefix_projection=projection, dtype=model_dtype(model_args, training_args),
-                                     device=training_args.device, seed=training_args.seed, transform=transform)
+                                     device=training_args.device, seed=training_args.seed,
+                                     quantization_bit=model_args.quantization_bit)
     if prefix_state is not None:
         model.prefix_encoder.load_original_state_dict(prefix_state, source=model_args.ptuning_checkpoint)
     if for_training and model.prefix_encoder is None:
+        if model_args.quantization_bit:
+            raise ValueError("--quantization_bit needs --pre_seq_len: quantized weights cannot be fine-tuned")
         model.base.requires_grad_(True)  # no prefix: full fine-tuning, as the original
     return model
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from transformers import GlmConfig, GlmForCausalLM
@@ -60,16 +60,26 @@ def iter_checkpoint_tensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]
 
 
 def load_glm(model_dir: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-             transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-             attn_implementation: str = "sdpa") -> GlmForCausalLM:
+             quantization_bit: int | None = None, attn_implementation: str = "sdpa") -> GlmForCausalLM:
     """Build GlmForCausalLM from an original chatglm2 folder.
 
-    `transform(name, tensor)` may replace a converted tensor before it is assigned (used by
-    quantization to store linear weights compactly while streaming).
+    With `quantization_bit`, the layers' linear weights are quantized as each arrives, so the
+    float copy of a weight lives only until its int8 form exists. A pre-quantized folder
+    (config.json `quantization_bit`, as THUDM/chatglm2-6b-int4) loads its int8 weights as is.
     """
-    config = glm_config_from_chatglm(read_config(model_dir))
+    raw_config = read_config(model_dir)
+    config = glm_config_from_chatglm(raw_config)
+    prequantized = raw_config.get("quantization_bit")
+    if prequantized and quantization_bit and prequantized != quantization_bit:
+        raise ValueError(f"{model_dir} is quantized to {prequantized} bits; --quantization_bit {quantization_bit} "
+                         "cannot change that")
+    bits = prequantized or quantization_bit
     with torch.device("meta"):
         model = GlmForCausalLM._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+    if bits:
+        from .quantization import QuantizedLinear, replace_linears
+
+        replace_linears(model, bits, dtype)
     expected = set(model.state_dict())
     seen = set()
     for name, tensor in iter_checkpoint_tensors(model_dir):
@@ -77,10 +87,15 @@ def load_glm(model_dir: str, dtype: torch.dtype = torch.float32, device: str | t
             if glm_name not in expected:
                 raise KeyError(f"{model_dir}: {name} maps to {glm_name}, which the model does not have")
             t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-            if transform is not None:
-                t = transform(glm_name, t)
-            _assign(model, glm_name, t)
+            module_name, _, attr = glm_name.rpartition(".")
+            module = model.get_submodule(module_name)
+            if bits and isinstance(module, QuantizedLinear) and attr == "weight" and t.is_floating_point():
+                module.set_float_weight(t)
+                seen.add(module_name + ".weight_scale")
+            else:
+                _assign(model, glm_name, t)
             seen.add(glm_name)
+            del t
     missing = expected - seen
     if missing:
         raise KeyError(f"{model_dir}: checkpoint lacks {sorted(missing)[:5]}{' ...' if len(missing) > 5 else ''}")

@@ -20,6 +20,10 @@ _LAYER_MAP = {
     "post_attention_layernorm.weight": "post_attention_layernorm.weight",
     "mlp.dense_h_to_4h.weight": "mlp.gate_up_proj.weight",
     "mlp.dense_4h_to_h.weight": "mlp.down_proj.weight",
+    # pre-quantized folders (THUDM/chatglm2-6b-int4) store a per-row scale next to each weight
+    "self_attention.dense.weight_scale": "self_attn.o_proj.weight_scale",
+    "mlp.dense_h_to_4h.weight_scale": "mlp.gate_up_proj.weight_scale",
+    "mlp.dense_4h_to_h.weight_scale": "mlp.down_proj.weight_scale",
 }
 _GLOBAL_MAP = {
     "transformer.embedding.word_embeddings.weight": "model.embed_tokens.weight",
@@ -79,7 +83,7 @@ def chatglm_to_glm(name: str, tensor: torch.Tensor, config: GlmConfig) -> dict[s
         if rest in _LAYER_MAP:
             return {prefix + _LAYER_MAP[rest]: tensor}
         if rest.startswith(_QKV):
-            kind = rest[len(_QKV):]  # weight | bias
+            kind = rest[len(_QKV):]  # weight | bias | weight_scale (rows split alike)
             q_size = config.num_attention_heads * config.head_dim
             kv_size = config.num_key_value_heads * config.head_dim
             q, k, v = torch.split(tensor, [q_size, kv_size, kv_size], dim=0)

@@ -40,8 +40,8 @@ class ChatGLM2(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str, pre_seq_len: int | None = None, prefix_projection: bool = False,
                         dtype: torch.dtype = torch.float32, device="cpu", seed: int | None = None,
-                        transform=None) -> "ChatGLM2":
-        base = load_glm(model_dir, dtype=dtype, device=device, transform=transform)
+                        quantization_bit: int | None = None) -> "ChatGLM2":
+        base = load_glm(model_dir, dtype=dtype, device=device, quantization_bit=quantization_bit)
         prefix = None
         if pre_seq_len:
             if seed is not None:
