@@ -166,6 +166,8 @@ def main():
     set_seed(training_args.seed)
     if legacy_args.logging_dir:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", legacy_args.logging_dir)
+    if not any(a.startswith("--report_to") for a in sys.argv) and _tensorboard_installed():
+        training_args.report_to = ["tensorboard"]  # transformers 5 reports nowhere by default
     tokenizer = ChatGLM2Tokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
 
     if training_args.do_train:
@@ -214,6 +216,12 @@ def compare(output_dir, data_file, data_args, max_samples, metrics):
     metrics.update({f"compare_{k}": v for k, v in result.items()})
     logger.info("Base %.4f -> tuned %.4f: %s", result["base_score"], result["tuned_score"],
                 os.path.join(output_dir, "comparison.md"))
+
+
+def _tensorboard_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _update_all_results(output_dir, metrics):

@@ -10,8 +10,10 @@ import json
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GlmForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .checkpoint import load_glm, read_config
 from .prefix import PrefixEncoder, prefix_cache, read_prefix_checkpoint, write_prefix_checkpoint
@@ -86,16 +88,33 @@ class ChatGLM2(nn.Module):
                 position_ids = positions_from_mask(attention_mask)
             else:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        return self.base(input_ids=input_ids, labels=labels, attention_mask=self.extend_mask(attention_mask),
-                         position_ids=position_ids, past_key_values=self.past_for(input_ids.shape[0], False),
-                         use_cache=False, **kwargs)
+        inputs = dict(input_ids=input_ids, attention_mask=self.extend_mask(attention_mask), position_ids=position_ids,
+                      past_key_values=self.past_for(input_ids.shape[0], False), use_cache=False)
+        if labels is None:
+            return self.base(**inputs, **kwargs)
+        hidden = self.base.model(**inputs).last_hidden_state
+        return CausalLMOutputWithPast(loss=self.answer_loss(hidden, labels, kwargs.get("num_items_in_batch")))
+
+    def answer_loss(self, hidden: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        """Shifted cross-entropy in fp32 over the labelled positions only.
+
+        The output layer runs on the answer tokens alone, not on prompt and padding: the same
+        loss as transformers' (mean over labelled tokens, or sum / num_items_in_batch under
+        gradient accumulation), without a [batch, length, 65024] logits tensor.
+        """
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = self.base.lm_head(hidden[:, :-1][keep]).float()
+        if num_items_in_batch is None:
+            return F.cross_entropy(logits, targets[keep])
+        return F.cross_entropy(logits, targets[keep], reduction="sum") / num_items_in_batch
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         # Non-reentrant checkpointing lets gradients reach the prefix, which enters each
         # layer through the cache rather than as a positional input.
         kwargs = dict(gradient_checkpointing_kwargs or {})
         kwargs["use_reentrant"] = False
-        self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         for layer in self.base.model.layers:
             layer._can_checkpoint_with_cache = True  # our fixed prefix cache is safe to recompute
 

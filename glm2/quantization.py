@@ -21,19 +21,31 @@ QUANTIZED_SUFFIXES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"
                       "mlp.gate_up_proj", "mlp.down_proj")
 
 
-def quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 storage, per-row scale in the weight's dtype)."""
+def quantize(weight: torch.Tensor, bits: int, chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 storage, per-row scale in the weight's dtype).
+
+    Rows are processed in chunks of about `chunk_elements`, so the fp32 temporaries stay a few
+    MB however large the matrix (a 27392 x 4096 weight would otherwise need ~1.5 GB of them).
+    """
     if bits not in (4, 8):
         raise ValueError(f"--quantization_bit must be 4 or 8, not {bits}")
-    w = weight.float()
-    scale = w.abs().amax(dim=-1) / (2 ** (bits - 1) - 1)
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero row stays zero
-    q = torch.round(w / scale[:, None]).clamp(-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1).to(torch.int8)
-    if bits == 4:
-        if q.shape[1] % 2:
-            raise ValueError("int4 needs an even number of input features")
-        q = ((q[:, 0::2].to(torch.int16) << 4) | (q[:, 1::2].to(torch.int16) & 0x0F)).to(torch.uint8).view(torch.int8)
-    return q, scale.to(weight.dtype)
+    if bits == 4 and weight.shape[1] % 2:
+        raise ValueError("int4 needs an even number of input features")
+    limit = 2 ** (bits - 1) - 1
+    rows, cols = weight.shape
+    q = torch.empty(rows, cols if bits == 8 else cols // 2, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(rows, dtype=weight.dtype, device=weight.device)
+    step = max(1, chunk_elements // max(cols, 1))
+    for r in range(0, rows, step):
+        w = weight[r:r + step].float()
+        s = w.abs().amax(dim=-1) / limit
+        s = torch.where(s == 0, torch.ones_like(s), s)  # an all-zero row stays zero
+        qc = torch.round(w / s[:, None]).clamp_(-limit, limit).to(torch.int8)
+        if bits == 4:
+            qc = ((qc[:, 0::2].to(torch.int16) << 4) | (qc[:, 1::2].to(torch.int16) & 0x0F)).to(torch.uint8).view(torch.int8)
+        q[r:r + step] = qc
+        scale[r:r + step] = s.to(weight.dtype)
+    return q, scale
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:

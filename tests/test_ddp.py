@@ -21,3 +21,14 @@ def test_two_process_training(tiny_model, tmp_path):
     assert proc.stdout.count("Checkpoints (prefix only) are in") == 1  # only rank 0 reports and saves
     prefix = torch.load(tmp_path / "checkpoint-4" / "pytorch_model.bin", weights_only=True)
     assert torch.isfinite(prefix[CHECKPOINT_PREFIX + "embedding.weight"]).all()
+
+
+def test_two_process_prediction_gathers_in_input_order(tiny_model, tiny_checkpoint, tmp_path):
+    dev = os.path.join(ROOT, "PromptCBLUE", "dev.json")
+    args = ["--do_predict", "--test_file", dev, "--model_name_or_path", tiny_model, "--ptuning_checkpoint",
+            tiny_checkpoint, "--max_source_length", "128", "--max_target_length", "16",
+            "--per_device_eval_batch_size", "8", "--max_predict_samples", "40", "--report_to", "none"]
+    run_main(args + ["--output_dir", str(tmp_path / "one")])
+    run_main(args + ["--output_dir", str(tmp_path / "two")], torchrun=2)
+    for name in ("generated_predictions.txt", "test_predictions.json", "results.json", "scores.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -133,3 +133,16 @@ def test_fresh_prefix_is_the_originals_init():
     torch.manual_seed(42)
     assert torch.equal(m.prefix_encoder.embedding.weight.detach(), torch.randn(8, 256))
     assert torch.isfinite(m.prefix_encoder.embedding.weight).all()
+
+
+def test_gradient_checkpointing_keeps_the_prefix_gradient(ref):
+    d = ref["dev_ckpt20"]
+    m = ChatGLM2.from_pretrained(MODEL, pre_seq_len=8)
+    m.load_prefix(CKPT)
+    m.gradient_checkpointing_enable()
+    m.train()
+    m.prefix_encoder.dropout.p = 0.0  # the reference gradient was taken without dropout
+    out = m(torch.from_numpy(d["train_input_ids"][:4]), labels=torch.from_numpy(d["train_labels"][:4]))
+    out.loss.backward()
+    assert torch.allclose(m.prefix_encoder.embedding.weight.grad, torch.from_numpy(d["prefix_grad"]),
+                          atol=1e-6, rtol=1e-4)

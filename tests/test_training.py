@@ -72,9 +72,10 @@ def test_resume_continues_exactly(tiny_model, tmp_path):
     a, b = losses(full), losses(resumed)
     for step in (4, 5, 6):
         assert b[step] == pytest.approx(a[step], abs=1e-4)
-    assert torch.equal(torch.load(full / "checkpoint-6" / "pytorch_model.bin", weights_only=True)[
-        CHECKPOINT_PREFIX + "embedding.weight"], torch.load(resumed / "checkpoint-6" / "pytorch_model.bin",
-                                                             weights_only=True)[CHECKPOINT_PREFIX + "embedding.weight"])
+    key = CHECKPOINT_PREFIX + "embedding.weight"
+    a_end = torch.load(full / "checkpoint-6" / "pytorch_model.bin", weights_only=True)[key]
+    b_end = torch.load(resumed / "checkpoint-6" / "pytorch_model.bin", weights_only=True)[key]
+    assert torch.equal(a_end, b_end)
 
 
 @needs_golden
