@@ -6,6 +6,7 @@ train (transformers' Trainer, prefix-only checkpoints) -> evaluate / predict (ba
 generation, PromptCBLUE post-processing and official scores) -> save metrics.
 Flags and outputs are those of THUDM's ChatGLM2-6B ptuning/main.py; see README for what differs.
 """
+import json
 import logging
 import os
 import sys
@@ -127,7 +128,11 @@ def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args,
         num_beams=data_args.num_beams or 1, seed=training_args.seed)
 
     rank, world = training_args.process_index, training_args.world_size
-    log = PredictionLog(os.path.join(out_dir, f".{prefix}_progress.rank{rank}.jsonl"))
+    fingerprint = json.dumps([os.path.abspath(model_args.model_name_or_path), model_args.ptuning_checkpoint,
+                              model.pre_seq_len, model_args.quantization_bit, os.path.abspath(data_file),
+                              os.path.getmtime(data_file), max_samples, vars(settings), world,
+                              data_args.max_source_length, data_args.source_truncation_side])
+    log = PredictionLog(os.path.join(out_dir, f".{prefix}_progress.rank{rank}.jsonl"), fingerprint)
     mine = [i for i in range(len(prompts)) if i % world == rank and i not in log.done]
     mine.sort(key=lambda i: len(prompts[i]))  # similar lengths together: little padding
     batch_size = training_args.per_device_eval_batch_size
@@ -146,7 +151,7 @@ def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args,
                f"{prefix}_samples_per_second": round(len(mine) / runtime, 3) if runtime > 0 else None}
     if rank != 0:
         return metrics
-    done = merge_logs([os.path.join(out_dir, f".{prefix}_progress.rank{r}.jsonl") for r in range(world)])
+    done = merge_logs([os.path.join(out_dir, f".{prefix}_progress.rank{r}.jsonl") for r in range(world)], fingerprint)
     predictions = [done[i] for i in range(len(prompts))]
     labels = [tokenizer.decode(ids).strip() for ids in label_ids]
     write_prediction_files(out_dir, records, predictions, labels, data_args.response_column)
@@ -225,8 +230,6 @@ def _tensorboard_installed() -> bool:
 
 
 def _update_all_results(output_dir, metrics):
-    import json
-
     path = os.path.join(output_dir, "all_results.json")
     combined = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {}
     combined.update(metrics)

@@ -41,25 +41,27 @@ def evaluate_predictions(out_dir: str, records: list[dict], predictions: list[st
     response = data_args.response_column
     pred_records = [dict(r, **{response: p}) for r, p in zip(records, predictions)]
     metrics = {}
-    has_tasks = all("task_dataset" in r for r in records)
-    if not has_tasks:
-        logger.info("No task_dataset field: PromptCBLUE post-processing and scores skipped")
-    else:
-        version = version or detect_version(r["task_dataset"] for r in records)
-        structured = structure_records(pred_records, version, response, source="predictions")
-        with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(structured, f, ensure_ascii=False, indent=2)
-        gold_records = [r for r in records if r.get(response)]
-        if gold_records:
-            scores = _score_with_targets(records, pred_records, version, response)
-            with open(os.path.join(out_dir, "scores.json"), "w", encoding="utf-8") as f:
-                json.dump(scores, f, ensure_ascii=False, indent=2)
-            print(format_table(scores))
-            metrics[f"{prefix}_score"] = scores["score"]
-            for task, m in scores["tasks"].items():
-                metrics[f"{prefix}_{task}_{main_metric(task)}"] = m[main_metric(task)]
     if any(labels):
         metrics.update({f"{prefix}_{k}": v for k, v in original_rouge_bleu(predictions, labels).items()})
+    if not all("task_dataset" in r for r in records):
+        logger.info("No task_dataset field: PromptCBLUE post-processing and scores skipped")
+        return metrics
+    try:
+        version = version or detect_version(r["task_dataset"] for r in records)
+        structured = structure_records(pred_records, version, response, source="predictions")
+    except ValueError as e:  # e.g. unknown task names: the predictions are written, scores are not
+        logger.warning("PromptCBLUE post-processing skipped: %s", e)
+        return metrics
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(structured, f, ensure_ascii=False, indent=2)
+    if any(r.get(response) for r in records):
+        scores = _score_with_targets(records, pred_records, version, response)
+        with open(os.path.join(out_dir, "scores.json"), "w", encoding="utf-8") as f:
+            json.dump(scores, f, ensure_ascii=False, indent=2)
+        print(format_table(scores))
+        metrics[f"{prefix}_score"] = scores["score"]
+        for task, m in scores["tasks"].items():
+            metrics[f"{prefix}_{task}_{main_metric(task)}"] = m[main_metric(task)]
     return metrics
 
 

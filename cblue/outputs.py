@@ -7,25 +7,37 @@ torn last line (a crash mid-write) is ignored and that sample is predicted again
 from __future__ import annotations
 
 import json
+import logging
 import os
+
+logger = logging.getLogger(__name__)
 
 
 class PredictionLog:
-    def __init__(self, path: str, fresh: bool = False):
+    """`fingerprint` names what is being predicted (model, checkpoint, data, settings): a log
+    left by a different run is started afresh rather than mixed into this one."""
+
+    def __init__(self, path: str, fingerprint: str = ""):
         self.path = path
         self.done: dict[int, str] = {}
-        if fresh and os.path.exists(path):
-            os.remove(path)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
+                lines = f.readlines()
+            header = _parse(lines[0]) if lines else None
+            if header is None or header.get("fingerprint") != fingerprint:
+                logger.warning("%s belongs to another run; predicting from the start", path)
+                os.remove(path)
+            else:
+                for line in lines[1:]:
+                    rec = _parse(line)  # a torn last line: that sample is simply predicted again
+                    if rec is not None and "index" in rec and "predict" in rec:
                         self.done[int(rec["index"])] = rec["predict"]
-                    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                        continue  # torn last line: that sample is simply predicted again
-            self._truncate_torn_tail()
+                self._truncate_torn_tail()
+        fresh = not os.path.exists(path)
         self._f = open(path, "a", encoding="utf-8")
+        if fresh:
+            self._f.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+            self.flush()
 
     def _truncate_torn_tail(self) -> None:
         with open(self.path, "rb+") as f:
@@ -45,11 +57,19 @@ class PredictionLog:
         self._f.close()
 
 
-def merge_logs(paths: list[str]) -> dict[int, str]:
+def _parse(line: str) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def merge_logs(paths: list[str], fingerprint: str) -> dict[int, str]:
     merged: dict[int, str] = {}
     for p in paths:
         if os.path.exists(p):
-            log = PredictionLog(p)
+            log = PredictionLog(p, fingerprint)
             merged.update(log.done)
             log.close()
     return merged

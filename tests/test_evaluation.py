@@ -104,3 +104,18 @@ def test_interrupted_prediction_resumes_to_the_same_files(tiny_model, tiny_check
     run_main(predict_args(tiny_model, tiny_checkpoint, cut, DEV, *args))
     for name in ("generated_predictions.txt", "test_predictions.json", "results.json", "scores.json"):
         assert (cut / name).read_bytes() == (full / name).read_bytes(), name
+
+
+def test_progress_of_another_run_is_not_reused(tmp_path):
+    from cblue.outputs import PredictionLog
+
+    path = str(tmp_path / "progress.jsonl")
+    log = PredictionLog(path, "run A")
+    log.add(0, "from A")
+    log.close()
+    again = PredictionLog(path, "run A")
+    assert again.done == {0: "from A"}
+    again.close()
+    other = PredictionLog(path, "run B")
+    assert other.done == {}
+    other.close()
