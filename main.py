@@ -98,6 +98,10 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     if training_args.gradient_checkpointing or training_args.device.type == "cuda":
         model.gradient_checkpointing_enable()  # the original always checkpoints; it is what fits 6B on 32 GB
     training_args.gradient_checkpointing = False  # done above, our way
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False  # every prefix parameter is used every step
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
 
     trainer = PrefixTrainer(model=model, args=training_args, train_dataset=train_ds,
                             data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[LossCurveCallback()])
