@@ -100,3 +100,6 @@ class LegacyTrainingArguments:
         default=False, metadata={"help": "Start training afresh even if --output_dir holds checkpoints; without "
                                          "it an interrupted run resumes from its last complete checkpoint."})
     logging_dir: Optional[str] = field(default=None, metadata={"help": "TensorBoard log folder."})
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch rows of similar length together (less padding); the same as "
+                                         "--train_sampling_strategy group_by_length."})

@@ -98,6 +98,8 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     if training_args.gradient_checkpointing or training_args.device.type == "cuda":
         model.gradient_checkpointing_enable()  # the original always checkpoints; it is what fits 6B on 32 GB
     training_args.gradient_checkpointing = False  # done above, our way
+    if legacy_args.group_by_length:
+        training_args.train_sampling_strategy = "group_by_length"
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False  # every prefix parameter is used every step
     if training_args.device.type == "cpu":
