@@ -25,17 +25,19 @@ def _unwrap(model):
 
 
 class PrefixTrainer(Trainer):
-    """Saves and restores only what trains: the prefix encoder."""
+    """Saves and restores only what trains: the prefix encoder (or, without --pre_seq_len, the
+    whole model in the original layout)."""
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
-        _unwrap(self.model).save_prefix(output_dir)
-        logger.info("Saved the prefix to %s", output_dir)
+        _unwrap(self.model).save_checkpoint(output_dir)
+        logger.info("Saved %s to %s", "the prefix" if _unwrap(self.model).prefix_encoder is not None
+                    else "the model", output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        _unwrap(model or self.model).load_prefix(resume_from_checkpoint)
+        _unwrap(model or self.model).load_checkpoint(resume_from_checkpoint)
 
 
 def is_complete_checkpoint(path: str) -> bool:

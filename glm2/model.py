@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,8 @@ from torch import nn
 from transformers import GlmForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .checkpoint import load_glm, read_config
+from .checkpoint import iter_checkpoint_tensors, load_glm, read_config, save_chatglm
+from .convert import chatglm_to_glm
 from .prefix import PrefixEncoder, prefix_cache, read_prefix_checkpoint, write_prefix_checkpoint
 
 
@@ -119,6 +121,23 @@ class ChatGLM2(nn.Module):
             layer._can_checkpoint_with_cache = True  # our fixed prefix cache is safe to recompute
 
     # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        """The prefix alone; without a prefix (full fine-tuning) the whole model, original layout."""
+        if self.prefix_encoder is not None:
+            return self.save_prefix(ckpt_dir)
+        save_chatglm(self.base, ckpt_dir)
+        for name in ("tokenizer.model", "tokenizer_config.json"):
+            if self.model_dir and os.path.exists(os.path.join(self.model_dir, name)):
+                shutil.copyfile(os.path.join(self.model_dir, name), os.path.join(ckpt_dir, name))
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        if self.prefix_encoder is not None:
+            return self.load_prefix(ckpt_dir)
+        state = {}
+        for name, tensor in iter_checkpoint_tensors(ckpt_dir):
+            state.update(chatglm_to_glm(name, tensor, self.config))
+        self.base.load_state_dict(state, strict=False)
+
     def load_prefix(self, ckpt_dir: str) -> None:
         self.prefix_encoder.load_original_state_dict(read_prefix_checkpoint(ckpt_dir), source=ckpt_dir)
 

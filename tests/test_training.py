@@ -95,3 +95,16 @@ def test_wrong_prefix_length_is_a_clear_error(tiny_model, tmp_path):
     other = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=4)
     with pytest.raises(ValueError, match="pre_seq_len"):
         other.load_prefix(str(tmp_path))
+
+
+def test_without_prefix_the_whole_model_is_fine_tuned_and_saved(tiny_model, tmp_path):
+    args = ["--do_train", "--train_file", TRAIN, "--model_name_or_path", tiny_model, "--output_dir", str(tmp_path),
+            "--max_source_length", "64", "--max_target_length", "32", "--per_device_train_batch_size", "4",
+            "--learning_rate", "1e-3", "--max_steps", "2", "--save_steps", "2", "--report_to", "none"]
+    run_main(args + ["--overwrite_output_dir"])
+    tuned = ChatGLM2.from_pretrained(str(tmp_path / "checkpoint-2"))  # a complete chatglm2 folder
+    before = ChatGLM2.from_pretrained(tiny_model)
+    w0, w1 = before.base.lm_head.weight, tuned.base.lm_head.weight
+    assert w0.shape == w1.shape and not torch.equal(w0, w1)
+    proc = run_main(args[:-4] + ["--max_steps", "3", "--save_steps", "3", "--report_to", "none"])
+    assert "Resuming from" in proc.stdout + proc.stderr and os.path.isdir(tmp_path / "checkpoint-3")
