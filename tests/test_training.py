@@ -108,3 +108,18 @@ def test_without_prefix_the_whole_model_is_fine_tuned_and_saved(tiny_model, tmp_
     assert w0.shape == w1.shape and not torch.equal(w0, w1)
     proc = run_main(args[:-4] + ["--max_steps", "3", "--save_steps", "3", "--report_to", "none"])
     assert "Resuming from" in proc.stdout + proc.stderr and os.path.isdir(tmp_path / "checkpoint-3")
+
+
+def test_the_original_command_line_runs_unchanged(tiny_model, tmp_path):
+    """THUDM's train.sh flags, verbatim, with two overrides appended: the last value wins."""
+    original = ("--do_train --train_file PromptCBLUE/train.json --validation_file PromptCBLUE/dev.json "
+                "--preprocessing_num_workers 10 --prompt_column input --response_column target --overwrite_cache "
+                f"--model_name_or_path {tiny_model} --output_dir {tmp_path} --overwrite_output_dir "
+                "--max_source_length 64 --max_target_length 128 --per_device_train_batch_size 32 "
+                "--per_device_eval_batch_size 1 --gradient_accumulation_steps 1 --predict_with_generate "
+                "--max_steps 1000 --logging_steps 10 --save_steps 200 --learning_rate 1e-2 --pre_seq_len 128").split()
+    run_main(original + ["--max_steps", "2", "--save_steps", "2"])
+    state = json.load(open(tmp_path / "trainer_state.json"))
+    assert state["global_step"] == 2 and state["train_batch_size"] == 32
+    prefix = torch.load(tmp_path / "checkpoint-2" / "pytorch_model.bin", weights_only=True)
+    assert prefix[CHECKPOINT_PREFIX + "embedding.weight"].shape[0] == 128
