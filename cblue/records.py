@@ -83,8 +83,3 @@ def _report_repeated_ids(records: list[dict], path: str) -> None:
         logger.warning("%s: %d sample_id values repeat (%s%s)", path, len(repeated), examples,
                        ", ..." if len(repeated) > 5 else "")
 
-
-def write_jsonl(path: str, records) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 
 import torch
-from transformers import GlmConfig, GlmForCausalLM
+from transformers import GlmForCausalLM
 from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
 from .convert import chatglm_config_from_glm, chatglm_to_glm, glm_config_from_chatglm, glm_to_chatglm
@@ -134,6 +134,3 @@ def save_chatglm(model: GlmForCausalLM, out_dir: str, safetensors: bool = False)
         torch.save(original, tmp)
         os.replace(tmp, os.path.join(out_dir, "pytorch_model.bin"))
 
-
-def glm_config(model_dir: str) -> GlmConfig:
-    return glm_config_from_chatglm(read_config(model_dir))

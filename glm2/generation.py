@@ -152,7 +152,9 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
                 keep_beam.append(b), keep_tok.append(t), keep_score.append(s)
             if len(keep_beam) == k:
                 break
-        best_alive = keep_score[0] / (len(beams[0]) + 1) if keep_score else -float("inf")
+        if not keep_beam:  # every candidate ended
+            break
+        best_alive = keep_score[0] / (len(beams[keep_beam[0]]) + 1)
         if len(done) >= k and max(d[0] for d in done) >= best_alive:
             break
         if step == settings.max_new_tokens - 1:
