@@ -102,10 +102,9 @@ def _generate(model, prompts, settings, eos_token_id, pad_token_id):
     stepper = _Stepper(model, ids, mask)
     procs = settings.processors()
     gen = torch.Generator(device="cpu").manual_seed(settings.seed) if settings.do_sample else None
-    seen = ids
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
-    out_tokens = []
-    logits = stepper.logits
+    results: list[list[int]] = [[] for _ in prompts]
+    active = list(range(len(prompts)))  # rows still generating, in the order the cache holds them
+    seen, logits = ids, stepper.logits
     for step in range(settings.max_new_tokens):
         scores = procs(seen, logits) if procs else logits
         if settings.do_sample:
@@ -113,17 +112,20 @@ def _generate(model, prompts, settings, eos_token_id, pad_token_id):
             tokens = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(ids.device)
         else:
             tokens = scores.argmax(dim=-1)
-        tokens = torch.where(finished, torch.full_like(tokens, pad_token_id), tokens)
-        out_tokens.append(tokens)
-        finished |= tokens == eos_token_id
-        if finished.all() or step == settings.max_new_tokens - 1:
+        ended = (tokens == eos_token_id).tolist()
+        for row, token, done in zip(active, tokens.tolist(), ended):
+            if not done:
+                results[row].append(token)
+        if step == settings.max_new_tokens - 1 or all(ended):
             break
+        if any(ended):  # finished rows leave the batch: short answers stop costing compute
+            keep = [i for i, done in enumerate(ended) if not done]
+            index = torch.tensor(keep, device=ids.device)
+            stepper.reorder(index)
+            active, tokens, seen = [active[i] for i in keep], tokens[index], seen[index]
         seen = torch.cat([seen, tokens[:, None]], dim=-1)
         logits = stepper.step(tokens)
-    result = []
-    for row in torch.stack(out_tokens, dim=1).tolist() if out_tokens else [[] for _ in prompts]:
-        result.append(row[:row.index(eos_token_id)] if eos_token_id in row else row)
-    return result
+    return results
 
 
 def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSettings, eos_token_id: int) -> list[int]:
