@@ -45,3 +45,38 @@ def test_chat_with_piped_input(tiny_model, tiny_checkpoint):
     out = proc.stdout
     assert out.count("── base") == 2 and out.count("── P-tuned") == 2
     assert f"问：{rec['input']}" in out and "问：头痛怎么办\n答：" in out
+
+
+def test_chat_in_a_terminal(tiny_model, tiny_checkpoint):
+    """Interactive use: a prompt, both answers, then an empty line quits."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: chat.py on a pseudo-terminal
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "chat.py", "--model_name_or_path", tiny_model,
+                                  "--ptuning_checkpoint", tiny_checkpoint, "--max_new_tokens", "4"])
+    out = b""
+
+    def read_until(marker: bytes, timeout: float = 240) -> None:
+        nonlocal out
+        import time
+
+        end = time.time() + timeout
+        while marker not in out and time.time() < end:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    read_until("问（".encode())
+    os.write(fd, "头痛怎么办\n".encode())
+    read_until("── P-tuned".encode())
+    read_until("问（".encode(), timeout=60)
+    os.write(fd, b"\n")
+    _, status = os.waitpid(pid, 0)
+    text = out.decode("utf-8", "replace")
+    assert "问：头痛怎么办" in text and "── base" in text and "── P-tuned" in text
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
