@@ -113,7 +113,8 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        logger.info("Checkpoints (prefix only) are in %s", training_args.output_dir)
+        what = "prefix only" if model.prefix_encoder is not None else "whole model, original layout"
+        logger.info("Checkpoints (%s) are in %s", what, training_args.output_dir)
 
 
 def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
