@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 import sentencepiece as spm
 
 SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+_SPECIAL_IN_TEXT = re.compile(r"(</s>|<unk>)")
 
 
 def build_prompt(query: str, history: list | None = None) -> str:
@@ -76,8 +78,27 @@ class ChatGLM2Tokenizer:
         return self.n_words + len(SPECIAL_TOKENS)
 
     def encode_text(self, text: str) -> list[int]:
-        """Ids of plain text, no special tokens."""
-        return self.sp.encode(text)
+        """Ids of plain text, no special tokens added.
+
+        As the original's slow HF tokenizer: its special tokens written in the text (`</s>`,
+        `<unk>`) become their ids, the whitespace next to them is dropped, and each piece of
+        text between them is encoded on its own.
+        """
+        if "</s>" not in text and "<unk>" not in text:
+            return self.sp.encode(text)
+        ids: list[int] = []
+        parts = _SPECIAL_IN_TEXT.split(text)
+        for i, part in enumerate(parts):
+            if part in ("</s>", "<unk>"):
+                ids.append(self.sp.piece_to_id(part))
+                continue
+            if i > 0:
+                part = part.lstrip()
+            if i < len(parts) - 1:
+                part = part.rstrip()
+            if part:
+                ids.extend(self.sp.encode(part))
+        return ids
 
     def encode_prompt(self, query: str, history: list | None = None) -> list[int]:
         """`[gMASK] sop` + ids of the chat prompt, untruncated."""

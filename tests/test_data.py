@@ -87,3 +87,11 @@ def test_history_rounds_come_first(tiny_model):
     tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
     ids = tok.encode_prompt("再问", [["先问", "先答"]])
     assert tok.decode(ids) == "[Round 1]\n\n问：先问\n\n答：先答\n\n[Round 2]\n\n问：再问\n\n答："
+
+
+def test_special_tokens_written_in_text_are_split_out(tiny_model):
+    """The original (slow HF tokenizer) maps a literal `</s>`/`<unk>` to its id and encodes the
+    text around it separately, whitespace next to it dropped."""
+    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    assert tok.encode_text("头痛 </s> 发热") == tok.encode_text("头痛") + [tok.eos_token_id] + tok.encode_text("发热")
+    assert tok.encode_text("<unk>") == [tok.unk_token_id]
