@@ -17,7 +17,7 @@ if [ -z "${MODEL:-}" ]; then
   # The embedded default: built once under output/, then P-tuned in a few minutes on 2 CPU cores.
   # Random weights, then a short causal-LM pre-training on the texts (cached once built).
   MODEL=$(python -m glm2.tiny --train_file "$DATA/train.json" --out output/tiny-chatglm2 \
-            --pretrain_steps ${PRETRAIN_STEPS:-300} | tail -n 1)
+            --pretrain_steps ${PRETRAIN_STEPS:-600} | tail -n 1)
   PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}
   LR=${LR:-3e-2}
   RUN=${RUN:-tiny-chatglm2-pt-$PRE_SEQ_LEN-$LR}

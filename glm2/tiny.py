@@ -28,8 +28,26 @@ TINY_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, h
 DONE_MARKER = ".complete"
 
 
-def is_built(out_dir: str) -> bool:
-    return os.path.isfile(os.path.join(out_dir, DONE_MARKER))
+def build_recipe(train_file: str, seed: int, pretrain_steps: int) -> dict:
+    """What the built model depends on; a cached build with another recipe is rebuilt."""
+    import hashlib
+
+    with open(train_file, "rb") as f:
+        data = hashlib.sha1(f.read()).hexdigest()
+    return {"train_file_sha1": data, "seed": seed, "pretrain_steps": pretrain_steps, "shape": TINY_SHAPE}
+
+
+def is_built(out_dir: str, recipe: dict | None = None) -> bool:
+    marker = os.path.join(out_dir, DONE_MARKER)
+    if not os.path.isfile(marker):
+        return False
+    if recipe is None:
+        return True
+    with open(marker, encoding="utf-8") as f:
+        try:
+            return json.load(f) == json.loads(json.dumps(recipe))
+        except json.JSONDecodeError:
+            return False
 
 
 def train_tokenizer(train_file: str, model_path: str, vocab_size: int = 2000) -> None:
@@ -86,7 +104,8 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128,
 def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0) -> str:
     """Build (once) and return out_dir. Built in a temporary folder and renamed when complete,
     so an interrupted build is never mistaken for a finished one."""
-    if is_built(out_dir):
+    recipe = build_recipe(train_file, seed, pretrain_steps)
+    if is_built(out_dir, recipe):
         return out_dir
     from transformers import GlmForCausalLM
 
@@ -117,7 +136,8 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
         random.Random(seed).shuffle(texts)
         pretrain(model, tok, texts, pretrain_steps, seed=seed)
     save_chatglm(model, tmp)
-    open(os.path.join(tmp, DONE_MARKER), "w").close()
+    with open(os.path.join(tmp, DONE_MARKER), "w", encoding="utf-8") as f:
+        json.dump(recipe, f)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     n = sum(p.numel() for p in model.parameters())

@@ -1,0 +1,24 @@
+"""The embedded default model: original layout, and a cache that follows its recipe."""
+import json
+import os
+
+from conftest import ROOT
+from glm2.checkpoint import read_config
+from glm2.tiny import build_recipe, is_built
+
+TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
+
+
+def test_built_in_the_original_layout(tiny_model):
+    assert sorted(f for f in os.listdir(tiny_model) if not f.startswith(".")) == [
+        "config.json", "pytorch_model.bin", "tokenizer.model", "tokenizer_config.json"]
+    cfg = read_config(tiny_model)
+    assert cfg["model_type"] == "chatglm" and cfg["padded_vocab_size"] % 64 == 0
+
+
+def test_a_changed_recipe_is_rebuilt(tiny_model, tmp_path):
+    assert is_built(tiny_model, build_recipe(TRAIN, 0, 0))
+    assert not is_built(tiny_model, build_recipe(TRAIN, 0, 600))  # other pre-training: rebuild
+    other = tmp_path / "train.json"
+    other.write_text(open(TRAIN, encoding="utf-8").read() + json.dumps({"input": "x", "target": "y"}) + "\n")
+    assert not is_built(tiny_model, build_recipe(str(other), 0, 0))  # other data: rebuild
