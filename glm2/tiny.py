@@ -2,11 +2,13 @@
 
 No ChatGLM2 weights can be downloaded on a CPU-only machine, so `bash train.sh` without
 MODEL builds this once: a sentencepiece tokenizer trained on the PromptCBLUE training file
-(unk 0, bos 1, eos 2, byte fallback, like chatglm2's), and a randomly initialised ChatGLM2 of
-a few million parameters written as config.json + pytorch_model.bin + tokenizer.model. It then
-goes through exactly the loading path a downloaded chatglm2-6b does.
+(unk 0, bos 1, eos 2, byte fallback, like chatglm2's), and a ChatGLM2 of a few million
+parameters, randomly initialised and optionally pre-trained briefly as a causal LM on the file's
+texts, written as config.json + pytorch_model.bin + tokenizer.model. It then goes through
+exactly the loading path a downloaded chatglm2-6b does. The folder remembers its recipe (data,
+seed, pre-training steps) and is rebuilt when that changes.
 
-    python -m glm2.tiny --train_file PromptCBLUE/train.json --out output/tiny-chatglm2
+    python -m glm2.tiny --train_file PromptCBLUE/train.json --out output/tiny-chatglm2 --pretrain_steps 600
 """
 from __future__ import annotations
 
@@ -107,10 +109,10 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     recipe = build_recipe(train_file, seed, pretrain_steps)
     if is_built(out_dir, recipe):
         return out_dir
-    from transformers import GlmForCausalLM
+    from transformers import GlmConfig, GlmForCausalLM
 
     from .checkpoint import save_chatglm
-    from .convert import glm_config_from_chatglm, chatglm_config_from_glm
+    from .convert import chatglm_config_from_glm, glm_config_from_chatglm
     from .tokenizer import ChatGLM2Tokenizer
 
     tmp = out_dir.rstrip("/") + ".building"
@@ -120,8 +122,6 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     tok = ChatGLM2Tokenizer(os.path.join(tmp, "tokenizer.model"))
     tok.save_pretrained(tmp)
     vocab = -(-len(tok) // 64) * 64  # padded_vocab_size, a multiple of 64 like chatglm2's
-    from transformers import GlmConfig
-
     shape = GlmConfig(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                       max_position_embeddings=4096, rms_norm_eps=1e-5, **TINY_SHAPE)
     # Round-trip through the original config.json so the tiny model is exactly what a chatglm2
