@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     print(format_table(scores))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(scores, f, ensure_ascii=False, indent=2)
+            json.dump({"score": scores["score"], "tasks": scores["tasks"]}, f, ensure_ascii=False, indent=2)
     return 0
 
 
