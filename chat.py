@@ -71,15 +71,10 @@ def main():
     ckpt = args.ptuning_checkpoint or newest_checkpoint(args.model_name_or_path)
     if not ckpt:
         sys.exit("chat.py: no --ptuning_checkpoint given (and none found under output/)")
-    from glm2.prefix import prefix_shape_from_checkpoint, read_prefix_checkpoint
-
-    state = read_prefix_checkpoint(ckpt)
-    pre_seq_len, projection = prefix_shape_from_checkpoint(state)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ChatGLM2.from_pretrained(args.model_name_or_path, pre_seq_len=pre_seq_len, prefix_projection=projection,
-                                     dtype=torch.float16 if device == "cuda" else torch.float32, device=device,
+    model = ChatGLM2.from_pretrained(args.model_name_or_path, ptuning_checkpoint=ckpt, device=device,
+                                     dtype=torch.float16 if device == "cuda" else torch.float32,
                                      quantization_bit=args.quantization_bit)
-    model.prefix_encoder.load_original_state_dict(state, source=ckpt)
     tok = ChatGLM2Tokenizer.from_pretrained(args.model_name_or_path)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     from cblue.features import prompt_ids

@@ -21,7 +21,6 @@ from cblue.dataset import load_records_dataset, tokenize_for_generation, tokeniz
 from cblue.outputs import PredictionLog, merge_logs, write_prediction_files
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2, without_prefix
-from glm2.prefix import prefix_shape_from_checkpoint, read_prefix_checkpoint
 from glm2.tokenizer import ChatGLM2Tokenizer
 from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, last_complete_checkpoint, save_json
 
@@ -56,20 +55,11 @@ def model_dtype(model_args, training_args) -> torch.dtype:
 
 
 def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
-    pre_seq_len, projection = model_args.pre_seq_len, model_args.prefix_projection
-    prefix_state = None
-    if model_args.ptuning_checkpoint:
-        prefix_state = read_prefix_checkpoint(model_args.ptuning_checkpoint)
-        pre_seq_len, projection = prefix_shape_from_checkpoint(prefix_state)
-        if model_args.pre_seq_len and model_args.pre_seq_len != pre_seq_len:
-            raise ValueError(f"--pre_seq_len {model_args.pre_seq_len} but {model_args.ptuning_checkpoint} "
-                             f"holds a prefix of length {pre_seq_len}")
-    model = ChatGLM2.from_pretrained(model_args.model_name_or_path, pre_seq_len=pre_seq_len,
-                                     prefix_projection=projection, dtype=model_dtype(model_args, training_args),
-                                     device=training_args.device, seed=training_args.seed,
-                                     quantization_bit=model_args.quantization_bit)
-    if prefix_state is not None:
-        model.prefix_encoder.load_original_state_dict(prefix_state, source=model_args.ptuning_checkpoint)
+    model = ChatGLM2.from_pretrained(model_args.model_name_or_path, pre_seq_len=model_args.pre_seq_len,
+                                     prefix_projection=model_args.prefix_projection,
+                                     dtype=model_dtype(model_args, training_args), device=training_args.device,
+                                     seed=training_args.seed, quantization_bit=model_args.quantization_bit,
+                                     ptuning_checkpoint=model_args.ptuning_checkpoint)
     if for_training and model.prefix_encoder is None:
         if model_args.quantization_bit:
             raise ValueError("--quantization_bit needs --pre_seq_len: quantized weights cannot be fine-tuned")

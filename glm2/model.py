@@ -18,7 +18,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .checkpoint import iter_checkpoint_tensors, load_glm, read_config, save_chatglm
 from .convert import chatglm_to_glm
-from .prefix import PrefixEncoder, prefix_cache, read_prefix_checkpoint, write_prefix_checkpoint
+from .prefix import (PrefixEncoder, prefix_cache, prefix_shape_from_checkpoint, read_prefix_checkpoint,
+                     write_prefix_checkpoint)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,17 @@ class ChatGLM2(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str, pre_seq_len: int | None = None, prefix_projection: bool = False,
                         dtype: torch.dtype = torch.float32, device="cpu", seed: int | None = None,
-                        quantization_bit: int | None = None) -> "ChatGLM2":
+                        quantization_bit: int | None = None, ptuning_checkpoint: str | None = None) -> "ChatGLM2":
+        """The base model of `model_dir`, plus a prefix: fresh (`pre_seq_len`), or read from
+        `ptuning_checkpoint` (ours or the original's), whose tensors then fix its shape."""
+        prefix_state = None
+        if ptuning_checkpoint:
+            prefix_state = read_prefix_checkpoint(ptuning_checkpoint)
+            saved_len, prefix_projection = prefix_shape_from_checkpoint(prefix_state)
+            if pre_seq_len and pre_seq_len != saved_len:
+                raise ValueError(f"--pre_seq_len {pre_seq_len} but {ptuning_checkpoint} holds a prefix of "
+                                 f"length {saved_len}")
+            pre_seq_len = saved_len
         base = load_glm(model_dir, dtype=dtype, device=device, quantization_bit=quantization_bit)
         prefix = None
         if pre_seq_len:
@@ -53,6 +64,8 @@ class ChatGLM2(nn.Module):
             c = base.config
             prefix = PrefixEncoder(pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
                                    c.hidden_size, prefix_projection).to(device)
+        if prefix_state is not None:
+            prefix.load_original_state_dict(prefix_state, source=ptuning_checkpoint)
         return cls(base, prefix, model_dir)
 
     @property
