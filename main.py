@@ -18,11 +18,11 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
 from arguments import DataTrainingArguments, GenerationArguments, LegacyTrainingArguments, ModelArguments
 from cblue.dataset import load_records_dataset, tokenize_for_generation, tokenize_for_training
-from cblue.outputs import PredictionLog, merge_logs, write_prediction_files
+from cblue.outputs import PredictionLog, merge_logs, save_json, write_prediction_files
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2, without_prefix
 from glm2.tokenizer import ChatGLM2Tokenizer
-from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, last_complete_checkpoint, save_json
+from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, last_complete_checkpoint
 
 logger = logging.getLogger("main")
 

@@ -7,7 +7,6 @@ written last, so a folder without it is an interrupted save and is never resumed
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -105,9 +104,3 @@ class PadCollator:
             labels[i, :len(f["labels"])] = torch.tensor(f["labels"])
         return {"input_ids": ids, "labels": labels}
 
-
-def save_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2)
-    os.replace(tmp, path)

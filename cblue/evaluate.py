@@ -2,12 +2,12 @@
 results, the PromptCBLUE scores (when the data has targets) and the original's ROUGE/BLEU."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 
+from .outputs import save_json
 from .postprocess import structure_records
-from .score import ScoreError, format_table, score_structured, score_task
+from .score import ScoreError, format_table, overall_score, score_structured, score_task
 from .tasks import detect_version, main_metric
 
 logger = logging.getLogger(__name__)
@@ -52,12 +52,10 @@ def evaluate_predictions(out_dir: str, records: list[dict], predictions: list[st
     except ValueError as e:  # e.g. unknown task names: the predictions are written, scores are not
         logger.warning("PromptCBLUE post-processing skipped: %s", e)
         return metrics
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(structured, f, ensure_ascii=False, indent=2)
+    save_json(os.path.join(out_dir, "results.json"), structured)
     if any(r.get(response) for r in records):
         scores = _score_with_targets(records, pred_records, version, response)
-        with open(os.path.join(out_dir, "scores.json"), "w", encoding="utf-8") as f:
-            json.dump(scores, f, ensure_ascii=False, indent=2)
+        save_json(os.path.join(out_dir, "scores.json"), scores)
         print(format_table(scores))
         metrics[f"{prefix}_score"] = scores["score"]
         for task, m in scores["tasks"].items():
@@ -83,5 +81,4 @@ def _score_with_targets(records, pred_records, version, response) -> dict:
             except ScoreError as e:
                 skipped[task] = str(e)
                 logger.warning("not scored: %s", e)
-        score = sum(tasks[t][main_metric(t)] for t in tasks) / len(tasks) if tasks else 0.0
-        return {"score": score, "tasks": tasks, "version": version, "not_scored": skipped}
+        return {"score": overall_score(tasks), "tasks": tasks, "version": version, "not_scored": skipped}

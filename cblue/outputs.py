@@ -19,20 +19,13 @@ class PredictionLog:
 
     def __init__(self, path: str, fingerprint: str = ""):
         self.path = path
-        self.done: dict[int, str] = {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                lines = f.readlines()
-            header = _parse(lines[0]) if lines else None
-            if header is None or header.get("fingerprint") != fingerprint:
-                logger.warning("%s belongs to another run; predicting from the start", path)
-                os.remove(path)
-            else:
-                for line in lines[1:]:
-                    rec = _parse(line)  # a torn last line: that sample is simply predicted again
-                    if rec is not None and "index" in rec and "predict" in rec:
-                        self.done[int(rec["index"])] = rec["predict"]
-                self._truncate_torn_tail()
+        done = read_log(path, fingerprint)
+        if done is None and os.path.exists(path):
+            logger.warning("%s belongs to another run; predicting from the start", path)
+            os.remove(path)
+        self.done: dict[int, str] = done or {}
+        if done is not None:
+            self._truncate_torn_tail()
         fresh = not os.path.exists(path)
         self._f = open(path, "a", encoding="utf-8")
         if fresh:
@@ -65,21 +58,41 @@ def _parse(line: str) -> dict | None:
     return rec if isinstance(rec, dict) else None
 
 
+def read_log(path: str, fingerprint: str) -> dict[int, str] | None:
+    """{index: prediction} of a progress log written by this run; None if there is none (or
+    it is another run's). A torn last line is skipped: that sample is simply predicted again."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    header = _parse(lines[0]) if lines else None
+    if header is None or header.get("fingerprint") != fingerprint:
+        return None
+    done = {}
+    for line in lines[1:]:
+        rec = _parse(line)
+        if rec is not None and "index" in rec and "predict" in rec:
+            done[int(rec["index"])] = rec["predict"]
+    return done
+
+
 def merge_logs(paths: list[str], fingerprint: str) -> dict[int, str]:
     merged: dict[int, str] = {}
     for p in paths:
-        if os.path.exists(p):
-            log = PredictionLog(p, fingerprint)
-            merged.update(log.done)
-            log.close()
+        merged.update(read_log(p, fingerprint) or {})
     return merged
 
 
 def atomic_write_text(path: str, text: str) -> None:
+    """Write to a temporary name, then rename: a reader never sees a half-written file."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def save_json(path: str, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2))
 
 
 def write_prediction_files(output_dir: str, records: list[dict], predictions: list[str], labels: list[str],

@@ -15,6 +15,7 @@ import json
 import sys
 
 from .metrics import classification_prf, extraction_prf, rouge_by_sections, rouge_scores
+from .outputs import save_json
 from .postprocess import structure_records
 from .records import RecordError
 from .tasks import CLS_LABELS, EXTRACTION, MACRO, TASKS, detect_version, main_metric
@@ -62,6 +63,11 @@ def score_task(task: str, gold: list[dict], pred: list[dict]) -> dict:
     raise ScoreError(f"no metric for task {task!r}")
 
 
+def overall_score(tasks: dict) -> float:
+    """The mean of each task's main metric over the tasks present."""
+    return sum(m[main_metric(t)] for t, m in tasks.items()) / len(tasks) if tasks else 0.0
+
+
 def score_structured(gold: dict, pred: dict, version: str) -> dict:
     """Scores of every task in gold, official task order first; overall = mean main metric."""
     order = [t for t in TASKS[version] if t in gold] + [t for t in gold if t not in TASKS[version]]
@@ -69,8 +75,7 @@ def score_structured(gold: dict, pred: dict, version: str) -> dict:
     if extra:
         raise ScoreError(f"the predictions have tasks the gold lacks: {extra}")
     tasks = {task: score_task(task, gold[task], pred.get(task)) for task in order}
-    score = sum(tasks[t][main_metric(t)] for t in tasks) / len(tasks) if tasks else 0.0
-    return {"score": score, "tasks": tasks, "version": version}
+    return {"score": overall_score(tasks), "tasks": tasks, "version": version}
 
 
 def score_records(gold_records: list[dict], pred_records: list[dict], version: str | None = None,
@@ -92,7 +97,7 @@ def format_table(scores: dict) -> str:
     return "\n".join(rows)
 
 
-def _load(path: str, role: str):
+def _load(path: str):
     """jsonl records, or a structured results.json (a dict of task lists)."""
     from .records import read_records
 
@@ -118,8 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--version", choices=["v1", "v2"], help="PromptCBLUE version (default: from task names)")
     args = ap.parse_args(argv)
     try:
-        gold, gold_structured = _load(args.gold, "gold")
-        pred, pred_structured = _load(args.pred, "predictions")
+        gold, gold_structured = _load(args.gold)
+        pred, pred_structured = _load(args.pred)
         version = args.version or detect_version(gold if gold_structured else (r.get("task_dataset") for r in gold))
         if not gold_structured:
             gold = structure_records(gold, version, source=args.gold)
@@ -131,8 +136,7 @@ def main(argv=None) -> int:
         return 2
     print(format_table(scores))
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"score": scores["score"], "tasks": scores["tasks"]}, f, ensure_ascii=False, indent=2)
+        save_json(args.out, {"score": scores["score"], "tasks": scores["tasks"]})
     return 0
 
 

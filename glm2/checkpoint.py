@@ -106,15 +106,12 @@ def load_glm(model_dir: str, dtype: torch.dtype = torch.float32, device: str | t
 
 
 def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put a loaded tensor in place of the meta one: parameters stay parameters, buffers buffers."""
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name)
-    old = getattr(module, attr)
-    if isinstance(old, torch.nn.Parameter) or isinstance(tensor, torch.nn.Parameter):
-        if not isinstance(tensor, torch.nn.Parameter):
-            tensor = torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
-        setattr(module, attr, tensor)
-    else:
-        setattr(module, attr, tensor)
+    if isinstance(getattr(module, attr), torch.nn.Parameter):
+        tensor = torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
+    setattr(module, attr, tensor)
 
 
 def save_chatglm(model: GlmForCausalLM, out_dir: str, safetensors: bool = False) -> None:

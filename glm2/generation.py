@@ -112,8 +112,9 @@ def _generate(model, prompts, settings, eos_token_id, pad_token_id):
             tokens = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(ids.device)
         else:
             tokens = scores.argmax(dim=-1)
-        ended = (tokens == eos_token_id).tolist()
-        for row, token, done in zip(active, tokens.tolist(), ended):
+        chosen = tokens.tolist()  # the step's one device-to-host copy
+        ended = [t == eos_token_id for t in chosen]
+        for row, token, done in zip(active, chosen, ended):
             if not done:
                 results[row].append(token)
         if step == settings.max_new_tokens - 1 or all(ended):

@@ -14,7 +14,6 @@ through a quantized model does not store a float copy of every weight.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 QUANTIZED_SUFFIXES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

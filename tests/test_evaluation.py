@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from conftest import ROOT, run_main
 from glm2.generation import GenerationSettings, generate

@@ -1,5 +1,4 @@
 """Official post-processing on hand-made outputs with known structured answers."""
-import os
 
 import pytest
 
