@@ -11,12 +11,8 @@ import hashlib
 import json
 import os
 
+from .records import read_records
 from .tasks import main_metric
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def pick_examples(records: list[dict], per_task: int) -> dict[str, list[int]]:
@@ -36,8 +32,8 @@ def _cell(text: str, limit: int = 160) -> str:
 def write_comparison(out_dir: str, gold: list[dict], base_dir: str, tuned_dir: str, per_task: int = 3,
                      response_column: str = "target") -> dict:
     """`gold`: the evaluated records (with their targets), in the order the runs wrote them."""
-    base_pred = _read_jsonl(os.path.join(base_dir, "test_predictions.json"))
-    tuned_pred = _read_jsonl(os.path.join(tuned_dir, "test_predictions.json"))
+    base_pred = read_records(os.path.join(base_dir, "test_predictions.json"), require_response=False)
+    tuned_pred = read_records(os.path.join(tuned_dir, "test_predictions.json"), require_response=False)
     with open(os.path.join(base_dir, "scores.json"), encoding="utf-8") as f:
         base_scores = json.load(f)
     with open(os.path.join(tuned_dir, "scores.json"), encoding="utf-8") as f:
