@@ -35,7 +35,10 @@ def parse_args():
                                LegacyTrainingArguments, Seq2SeqTrainingArguments))
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    return parser.parse_args_into_dataclasses()
+    argv = sys.argv[1:]
+    if not torch.cuda.is_available() and "--use_cpu" not in argv:
+        argv.append("--use_cpu")  # lets --bf16 through on a CPU (transformers asks for a GPU otherwise)
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
 def setup_logging(training_args):
@@ -47,17 +50,25 @@ def setup_logging(training_args):
     transformers.utils.logging.set_verbosity_warning()
 
 
-def model_dtype(model_args, training_args) -> torch.dtype:
-    """fp16 on GPU as the original (bf16 with --bf16); fp32 on CPU, where fp16 is slow."""
-    if training_args.device.type == "cpu":
+def model_dtype(training_args, full_fine_tuning: bool = False) -> torch.dtype:
+    """The dtype of the frozen base: --bf16 / --fp16 on every device, fp16 on CUDA without
+    either (as the original), fp32 on a CPU without either. What trains (prefix, LoRA) stays
+    fp32 whatever this is; full fine-tuning keeps fp32 master weights and gets half precision
+    from the Trainer's autocast instead."""
+    if full_fine_tuning:
         return torch.float32
-    return torch.bfloat16 if training_args.bf16 else torch.float16
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16 or training_args.device.type == "cuda":
+        return torch.float16
+    return torch.float32
 
 
 def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
+    full_fine_tuning = for_training and not model_args.pre_seq_len
     model = ChatGLM2.from_pretrained(model_args.model_name_or_path, pre_seq_len=model_args.pre_seq_len,
                                      prefix_projection=model_args.prefix_projection,
-                                     dtype=model_dtype(model_args, training_args), device=training_args.device,
+                                     dtype=model_dtype(training_args, full_fine_tuning), device=training_args.device,
                                      seed=training_args.seed, quantization_bit=model_args.quantization_bit,
                                      ptuning_checkpoint=model_args.ptuning_checkpoint)
     if for_training and model.prefix_encoder is None:
@@ -85,9 +96,10 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
         checkpoint = last_complete_checkpoint(training_args.output_dir)
         if checkpoint:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start afresh)", checkpoint)
-    if training_args.gradient_checkpointing or training_args.device.type == "cuda":
-        model.gradient_checkpointing_enable()  # the original always checkpoints; it is what fits 6B on 32 GB
-    training_args.gradient_checkpointing = False  # done above, our way
+    if training_args.device.type == "cuda":
+        # The original always checkpoints on a GPU; it is what fits 6B on 32 GB. The Trainer then
+        # calls model.activation_checkpointing_enable() (--gradient_checkpointing is its old name).
+        training_args.activation_checkpointing = training_args.gradient_checkpointing = True
     if legacy_args.group_by_length:
         training_args.train_sampling_strategy = "group_by_length"
     if training_args.ddp_find_unused_parameters is None:

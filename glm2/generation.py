@@ -18,6 +18,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from .decode import StaticDecoder
 from .model import ChatGLM2, positions_from_mask
 
 
@@ -31,6 +32,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     num_beams: int = 1
     seed: int = 42
+    compiled: bool = False  # torch.compile the decode step (CUDA graphs on CUDA); see glm2/decode.py
 
     def processors(self) -> LogitsProcessorList:
         procs = LogitsProcessorList()
@@ -57,30 +59,30 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 
 class _Stepper:
-    """Feeds a growing batch through the model, one token per row per step."""
+    """Feeds a batch through the model, one token per row per step.
 
-    def __init__(self, model: ChatGLM2, ids: torch.Tensor, mask: torch.Tensor):
-        self.model = model
-        self.cache = model.past_for(ids.shape[0], growing=True)
-        self.mask = model.extend_mask(mask)
+    The prompt goes through the model once (prefix in front, KV cache filled); every later
+    token goes through `StaticDecoder`, which writes the cache in place (glm2/decode.py).
+    """
+
+    def __init__(self, model: ChatGLM2, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+                 compiled: bool = False):
+        cache = model.past_for(ids.shape[0], growing=True)
+        full_mask = model.extend_mask(mask)
         positions = positions_from_mask(mask)
-        out = model.base(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
+        out = model.base(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         self.logits = out.logits[:, -1].float()
-        self.next_pos = positions[:, -1:] + 1
+        self.decoder = StaticDecoder(model.base, out.past_key_values, full_mask, positions[:, -1:] + 1,
+                                     max_new_tokens, compiled=compiled)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=-1)
-        out = self.model.base(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.next_pos,
-                              past_key_values=self.cache, use_cache=True)
-        self.next_pos = self.next_pos + 1
-        self.logits = out.logits[:, -1].float()
+        self.logits = self.decoder.step(tokens)
         return self.logits
 
     def reorder(self, index: torch.Tensor) -> None:
-        self.cache.reorder_cache(index)
-        self.mask, self.next_pos, self.logits = self.mask[index], self.next_pos[index], self.logits[index]
+        self.decoder.reorder(index)
+        self.logits = self.logits[index]
 
 
 @torch.inference_mode()
@@ -99,7 +101,7 @@ def _generate(model, prompts, settings, eos_token_id, pad_token_id):
     if settings.num_beams > 1:
         return [_beam_search(model, p, settings, eos_token_id) for p in prompts]
     ids, mask = left_pad(prompts, pad_token_id, model.device)
-    stepper = _Stepper(model, ids, mask)
+    stepper = _Stepper(model, ids, mask, settings.max_new_tokens, settings.compiled)
     procs = settings.processors()
     gen = torch.Generator(device="cpu").manual_seed(settings.seed) if settings.do_sample else None
     results: list[list[int]] = [[] for _ in prompts]
@@ -133,7 +135,7 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
     """Beam search for one prompt (length-normalised log-probability, like transformers')."""
     k = settings.num_beams
     ids, mask = left_pad([prompt] * k, 0, model.device)
-    stepper = _Stepper(model, ids, mask)
+    stepper = _Stepper(model, ids, mask, settings.max_new_tokens)
     procs = settings.processors()
     beams = [[] for _ in range(k)]
     scores = torch.zeros(k, device=ids.device)

@@ -124,14 +124,24 @@ class ChatGLM2(nn.Module):
             return F.cross_entropy(logits, targets[keep])
         return F.cross_entropy(logits, targets[keep], reduction="sum") / num_items_in_batch
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """What the Trainer calls for --activation_checkpointing / --gradient_checkpointing."""
         # Non-reentrant checkpointing lets gradients reach the prefix, which enters each
         # layer through the cache rather than as a positional input.
-        kwargs = dict(gradient_checkpointing_kwargs or {})
+        kwargs = dict(activation_checkpointing_kwargs or {})
         kwargs["use_reentrant"] = False
-        self.base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        self.base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+                                                  every_n_layers=every_n_layers, offload=offload)
         for layer in self.base.model.layers:
             layer._can_checkpoint_with_cache = True  # our fixed prefix cache is safe to recompute
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return getattr(self.base, "is_gradient_checkpointing", False)
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, ckpt_dir: str) -> None:

@@ -1,0 +1,149 @@
+"""The decode step of batched generation: a static KV cache and a lean forward.
+
+transformers' generic forward spends most of a small model's decode step on overhead: a
+growing cache that concatenates every layer's keys at every token, attention masks rebuilt
+from scratch, output objects. Here the prompt is run once through the model (prefix
+included), its keys and values are copied into buffers allocated once for the whole answer,
+and each new token goes through the model's own modules (norms, projections, MLP: quantized
+or LoRA-wrapped ones work unchanged) with attention written out for one query and the cache
+written in place. Eager, attention reads only the columns written so far; compiled
+(`compiled=True`), every step has the same shapes (the whole buffer, unwritten columns
+masked), which is what torch.compile and CUDA graphs need.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class _StaticCache:
+    """What a Glm attention layer calls `update()` on: writes the new key/value at the
+    current column, returns the keys/values to attend to."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys, self.values = keys, values
+        self.column = None  # LongTensor [1]: where this step's token goes
+        self.visible = None  # int: columns to return (eager), or None: the whole buffer
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        k.index_copy_(2, self.column, key_states)
+        v.index_copy_(2, self.column, value_states)
+        if self.visible is None:
+            return k, v
+        return k[:, :, :self.visible], v[:, :, :self.visible]
+
+
+class StaticDecoder:
+    """Holds one batch's cache and steps it one token at a time."""
+
+    def __init__(self, base, prefilled_cache, mask: torch.Tensor, next_pos: torch.Tensor, max_new_tokens: int,
+                 compiled: bool = False):
+        self.base, self.compiled = base, compiled
+        self.next_column = mask.shape[1]  # prefix + prompt columns are written
+        total = self.next_column + max_new_tokens
+        keys, values = [], []
+        for layer in prefilled_cache.layers:
+            for src, dst in ((layer.keys, keys), (layer.values, values)):
+                buf = src.new_zeros(src.shape[0], src.shape[1], total, src.shape[3])
+                buf[:, :, :self.next_column] = src
+                dst.append(buf)
+        self.cache = _StaticCache(keys, values)
+        self.mask = torch.zeros(mask.shape[0], total, dtype=torch.bool, device=mask.device)
+        self.mask[:, :self.next_column] = mask.bool()
+        self.pos = next_pos.clone()  # [batch, 1]
+        self.column = torch.tensor([self.next_column], device=mask.device)
+        self._forward = compiled_forward() if compiled else _forward_one
+        self._mark_static()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row; return fp32 logits [batch, vocab] for the next one."""
+        self.cache.column = self.column
+        self.mask.index_fill_(1, self.column, True)
+        if self.compiled:  # fixed shapes: the whole buffer, unwritten columns masked
+            self.cache.visible, mask = None, self.mask
+        else:  # only the columns written so far
+            self.cache.visible = self.next_column + 1
+            mask = self.mask[:, :self.next_column + 1]
+        logits = self._forward(self.base, tokens, self.pos, mask, self.cache)
+        if self.compiled:
+            logits = logits.clone()  # a CUDA graph reuses its output buffer at the next step
+        self.column += 1
+        self.pos += 1
+        self.next_column += 1
+        return logits
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep only the rows in `index` (finished rows leave the batch)."""
+        self.cache.keys = [k.index_select(0, index) for k in self.cache.keys]
+        self.cache.values = [v.index_select(0, index) for v in self.cache.values]
+        self.mask, self.pos = self.mask[index], self.pos[index]
+        self._mark_static()
+
+    def _mark_static(self) -> None:
+        # Buffers written in place inside a CUDA graph must keep their addresses between replays.
+        if self.compiled and self.mask.is_cuda:
+            for t in (*self.cache.keys, *self.cache.values, self.mask, self.pos, self.column):
+                torch._dynamo.mark_static_address(t)
+
+
+_COMPILED = None
+
+
+def compiled_forward():
+    """`_forward_one` through torch.compile, built once per process. Dynamic shapes, so rows
+    leaving the batch do not recompile; on CUDA, CUDA graphs remove the launch overhead."""
+    global _COMPILED
+    if _COMPILED is None:
+        mode = "reduce-overhead" if torch.cuda.is_available() else "default"
+        _COMPILED = torch.compile(_forward_one, dynamic=True, mode=mode)
+    return _COMPILED
+
+
+def compile_by_default(device: torch.device) -> bool:
+    """On CUDA the step is launch-bound for every model size: compile. On a CPU the ~25 s of
+    compilation outweigh what a typical evaluation saves: eager (see BENCHMARKS.md)."""
+    return torch.device(device).type == "cuda"
+
+
+def _forward_one(base, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: _StaticCache):
+    """One token per row through the model's own modules (so quantized or LoRA-wrapped
+    linears work unchanged), with attention written out for a single query."""
+    model = base.model
+    hidden = model.embed_tokens(tokens[:, None])
+    cos, sin = model.rotary_emb(hidden, pos)  # [batch, 1, rotary_dim], the half-split form
+    half = cos.shape[-1] // 2
+    cos = cos[..., :half].repeat_interleave(2, dim=-1)[:, :, None]  # GLM rotates interleaved pairs
+    sin = sin[..., :half].repeat_interleave(2, dim=-1)[:, :, None]
+    keep = mask[:, None, None, :]
+    for i, layer in enumerate(model.layers):
+        attn = layer.self_attn
+        residual = hidden
+        x = layer.input_layernorm(hidden)
+        q, k, v = _qkv(attn, x)
+        qk = _rotate(torch.cat([q, k], dim=2), cos, sin)  # [batch, 1, heads + groups, dim]
+        q, k = qk[:, :, :q.shape[2]], qk[:, :, q.shape[2]:]
+        keys, values = cache.update(k.transpose(1, 2), v.transpose(1, 2), i)  # [batch, groups, T, dim]
+        groups = keys.shape[1]
+        q = q.reshape(q.shape[0], groups, -1, attn.head_dim)  # head h sits in group h // (heads / groups)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * attn.scaling
+        probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1).to(values.dtype)
+        out = torch.matmul(probs, values).reshape(x.shape[0], 1, -1)
+        hidden = residual + attn.o_proj(out)
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return base.lm_head(model.norm(hidden)[:, -1]).float()
+
+
+def _qkv(attn, x: torch.Tensor):
+    """q, k, v [batch, 1, heads or groups, dim] through the layer's own (maybe quantized or
+    LoRA-wrapped) projections."""
+    b, d = x.shape[0], attn.head_dim
+    return (attn.q_proj(x).view(b, 1, -1, d), attn.k_proj(x).view(b, 1, -1, d), attn.v_proj(x).view(b, 1, -1, d))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """GLM's rotary on the first half of each head, pairs (2i, 2i+1) interleaved; x [batch, 1, heads, dim]."""
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    pairs = x_rot.unflatten(-1, (-1, 2))
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
