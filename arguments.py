@@ -91,6 +91,9 @@ class GenerationArguments:
         default=None, metadata={"help": "PromptCBLUE scoring version v1|v2; detected from task names if unset."})
     compare_base: bool = field(
         default=False, metadata={"help": "Also evaluate the base model without the prefix, and compare."})
+    compile_generation: Optional[bool] = field(
+        default=None, metadata={"help": "torch.compile the decode step (CUDA graphs on CUDA). Default: on for "
+                                        "CUDA, off on a CPU, where compiling takes longer than it saves."})
 
 
 @dataclass

@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 from arguments import DataTrainingArguments, GenerationArguments, LegacyTrainingArguments, ModelArguments
 from cblue.dataset import load_records_dataset, tokenize_for_generation, tokenize_for_training
 from cblue.outputs import PredictionLog, merge_logs, save_json, write_prediction_files
+from glm2.decode import compile_by_default
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2, without_prefix
 from glm2.tokenizer import ChatGLM2Tokenizer
@@ -71,6 +72,7 @@ def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
                                      dtype=model_dtype(training_args, full_fine_tuning), device=training_args.device,
                                      seed=training_args.seed, quantization_bit=model_args.quantization_bit,
                                      ptuning_checkpoint=model_args.ptuning_checkpoint)
+    logger.info("Base model: %s on %s", model.dtype, training_args.device)
     if for_training and model.prefix_encoder is None:
         if model_args.quantization_bit:
             raise ValueError("--quantization_bit needs --pre_seq_len: quantized weights cannot be fine-tuned")
@@ -134,7 +136,8 @@ def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args,
         max_new_tokens=gen_args.max_new_tokens or data_args.val_max_target_length,
         do_sample=gen_args.do_sample, top_p=gen_args.top_p, top_k=gen_args.top_k,
         temperature=gen_args.temperature, repetition_penalty=gen_args.repetition_penalty,
-        num_beams=data_args.num_beams or 1, seed=training_args.seed)
+        num_beams=data_args.num_beams or 1, seed=training_args.seed,
+        compiled=compile_by_default(model.device) if gen_args.compile_generation is None else gen_args.compile_generation)
 
     rank, world = training_args.process_index, training_args.world_size
     fingerprint = json.dumps([os.path.abspath(model_args.model_name_or_path), model_args.ptuning_checkpoint,
