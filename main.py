@@ -112,7 +112,8 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     trainer = PrefixTrainer(model=model, args=training_args, train_dataset=train_ds,
                             data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[LossCurveCallback()])
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = dict(result.metrics, train_samples=len(train_ds), **{f"train_{k}": v for k, v in stats.items()})
+    metrics = dict(result.metrics, train_samples=len(train_ds), **{f"train_{k}": v for k, v in stats.items()},
+                   **peak_gpu_memory("train"))
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
@@ -160,7 +161,8 @@ def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args,
     if world > 1:
         torch.distributed.barrier()
     metrics = {f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples": len(prompts),
-               f"{prefix}_samples_per_second": round(len(mine) / runtime, 3) if runtime > 0 else None}
+               f"{prefix}_samples_per_second": round(len(mine) / runtime, 3) if runtime > 0 else None,
+               **peak_gpu_memory(prefix)}
     if rank != 0:
         return metrics
     done = merge_logs([os.path.join(out_dir, f".{prefix}_progress.rank{r}.jsonl") for r in range(world)], fingerprint)
@@ -233,6 +235,13 @@ def compare(output_dir, data_file, data_args, max_samples, metrics):
     metrics.update({f"compare_{k}": v for k, v in result.items()})
     logger.info("Base %.4f -> tuned %.4f: %s", result["base_score"], result["tuned_score"],
                 os.path.join(output_dir, "comparison.md"))
+
+
+def peak_gpu_memory(prefix: str) -> dict:
+    """Peak GPU memory of this process so far (what users size their card by); none on a CPU."""
+    if not torch.cuda.is_available():
+        return {}
+    return {f"{prefix}_peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)}
 
 
 def _tensorboard_installed() -> bool:

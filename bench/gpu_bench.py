@@ -8,7 +8,8 @@ Training: the user's settings (batch 32, source 64 + target 128 + eos = 193 toke
 every row full length: the worst case), pre_seq_len 128, fp16 base with the prefix in fp32,
 gradient checkpointing as the original; at 16, 8 and 4 bits; plus int4 at batch 1 (the
 original's 6.7 GB setting). Reports peak GPU memory (torch.cuda.max_memory_allocated) and
-tokens/s. Evaluation: greedy generation of 64 new tokens from 160-token prompts at batch 1 and 16.
+tokens/s. Evaluation: greedy generation of 64 new tokens from 120-160-token prompts at batch 1, 16 and 64, and
+the decode step time at batch 64.
 The original reports 28 GB (fp16, batch 32) and 6.7 GB (int4, batch 1) on a V100.
 """
 import argparse
@@ -89,20 +90,35 @@ def bench_train(model, device, batch, seq, steps, vocab):
     return out
 
 
-def bench_eval(model, device, vocab, prompt_len=160, new_tokens=64, samples=32):
+def bench_eval(model, device, vocab, prompt_len=160, new_tokens=64, samples=64):
+    """Greedy generation with no eos (every row runs the full length) at batch 1, 16 and 64,
+    and the decode step time at batch 64: (time for 64 new tokens - time for 1) / 63."""
+    from glm2.decode import compile_by_default
     from glm2.generation import GenerationSettings, generate
 
     model.eval()
+    compiled = compile_by_default(device)
     prompts = [torch.randint(5, vocab - 10, (prompt_len - (i % 40),)).tolist() for i in range(samples)]
-    s = GenerationSettings(max_new_tokens=new_tokens)
-    out = {}
-    for bs in (1, 16):
+    s = GenerationSettings(max_new_tokens=new_tokens, compiled=compiled)
+    out = {"compiled": compiled}
+    generate(model, prompts[:64], s, eos_token_id=-1, pad_token_id=0)  # warm-up (and compilation)
+    for bs in (1, 16, 64):
+        n = samples if bs > 1 else min(samples, 8)
         sync(device)
         start = time.perf_counter()
-        for b in range(0, samples, bs):
+        for b in range(0, n, bs):
             generate(model, prompts[b:b + bs], s, eos_token_id=-1, pad_token_id=0)  # no eos: full length
         sync(device)
-        out[f"batch_{bs}_samples_per_second"] = round(samples / (time.perf_counter() - start), 2)
+        out[f"batch_{bs}_samples_per_second"] = round(n / (time.perf_counter() - start), 2)
+    times = {}
+    for k in (1, new_tokens):
+        sync(device)
+        start = time.perf_counter()
+        generate(model, prompts[:64], GenerationSettings(max_new_tokens=k, compiled=compiled), -1, 0)
+        sync(device)
+        times[k] = time.perf_counter() - start
+    out["batch_64_decode_step_ms"] = round((times[new_tokens] - times[1]) / (new_tokens - 1) * 1000, 3)
+    out["batch_64_prefill_ms"] = round(times[1] * 1000, 2)
     return out
 
 

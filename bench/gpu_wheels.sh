@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Fetch, here (with network), the wheels bench/gpu_check.sh installs on a GPU machine without
+# network: our pinned packages that its image lacks or has at another version (its image has
+# torch, accelerate, safetensors, sentencepiece, numpy, pandas, pyarrow, scikit-learn, matplotlib).
+#   bash bench/gpu_wheels.sh      # -> .whl/ (git-ignored), then carry .whl with the run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+mkdir -p .whl
+# Compiled packages: wheels for the GPU machine's Python (3.12, x86-64).
+$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl xxhash multiprocess dill
+# Pure-Python packages (some ship only a source archive): built into wheels here.
+$PY -m pip wheel -q --no-deps -w .whl transformers==5.23.0 datasets==5.2.0 \
+  jieba==0.42.1 nltk==3.10.4 rouge-chinese==1.0.3
+ls -la .whl

@@ -1,0 +1,22 @@
+"""bench/gpu_check.sh --dry-run: every step of the GPU check on the tiny shape on the CPU, so
+the script a reviewer runs on a GPU cannot rot."""
+import json
+import os
+import subprocess
+
+from conftest import ROOT
+
+
+def test_gpu_check_dry_run(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path))
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    figures = {name: json.load(open(tmp_path / name)) for name in
+               ("environment.json", "train_results.json", "predict_results.json", "gpu_bench.json")}
+    assert figures["train_results.json"]["train_samples_per_second"] > 0
+    assert figures["predict_results.json"]["predict_samples"] == 16
+    bench = figures["gpu_bench.json"]
+    assert bench["shape"] == "tiny" and bench["eval_16bit"]["batch_64_decode_step_ms"] > 0
+    tests = open(tmp_path / "cuda_tests.xml").read()
+    assert 'failures="0"' in tests and 'errors="0"' in tests and 'tests="6"' in tests
