@@ -21,7 +21,7 @@ exec > >(tee "$OUT/log.txt") 2>&1
 
 PY=python3
 [ -x .venv/bin/python ] && PY="$PWD/.venv/bin/python"
-if compgen -G ".whl/*.whl" > /dev/null; then  # the pinned packages, carried to a machine without network
+if [ "$DRY" = 0 ] && compgen -G ".whl/*.whl" > /dev/null; then  # pinned packages carried to a GPU machine without network
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
