@@ -90,4 +90,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from glm2.cli import run_cli
+
+    run_cli(main, "chat.py")

@@ -12,6 +12,8 @@ cd "$(dirname "$0")"
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
 
 NUM_GPUS=${NUM_GPUS:-1}
+LAUNCH=(python3 main.py)  # one process: plain python, so an error is main.py's one line
+[ "$NUM_GPUS" -gt 1 ] && LAUNCH=(torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py)
 DATA=${DATA:-PromptCBLUE}
 TEST_FILE=${TEST_FILE:-$DATA/dev.json}
 
@@ -35,7 +37,7 @@ EXTRA=()
 [ -n "${COMPARE_BASE:-}" ] && [ "${COMPARE_BASE}" != "0" ] && EXTRA+=(--compare_base)
 
 echo "evaluate.sh: $MODEL + output/$CHECKPOINT/checkpoint-$STEP on $TEST_FILE"
-torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py \
+"${LAUNCH[@]}" \
     --do_predict \
     --validation_file "$TEST_FILE" \
     --test_file "$TEST_FILE" \

@@ -17,8 +17,10 @@ import transformers
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
 from arguments import DataTrainingArguments, GenerationArguments, LegacyTrainingArguments, ModelArguments
+from cblue.records import RecordError
 from cblue.dataset import load_records_dataset, tokenize_for_generation, tokenize_for_training
 from cblue.outputs import PredictionLog, merge_logs, save_json, write_prediction_files
+from glm2.cli import run_cli
 from glm2.decode import compile_by_default
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2, without_prefix
@@ -81,17 +83,18 @@ def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
 
 
 def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
-    train_ds, _ = load_records_dataset(data_args.train_file, data_args.prompt_column, data_args.response_column,
-                                       data_args.history_column, True, model_args.cache_dir,
-                                       data_args.max_train_samples)
+    train_ds, records = load_records_dataset(data_args.train_file, data_args.prompt_column,
+                                             data_args.response_column, data_args.history_column, True,
+                                             model_args.cache_dir, data_args.max_train_samples)
+    if not any(r[data_args.response_column] for r in records):
+        raise RecordError(f"{data_args.train_file}: every record's {data_args.response_column!r} is empty: "
+                          "nothing to train on (--response_column names the answer field)")
     with training_args.main_process_first(desc="tokenizing"):
         train_ds, stats = tokenize_for_training(train_ds, tokenizer, data_args, data_args.preprocessing_num_workers,
                                                 data_args.overwrite_cache)
     logger.info("Training data %s: %d records, %d skipped (empty target), %d prompts truncated to %d tokens "
                 "(side: %s)", data_args.train_file, stats["records"], stats["skipped_empty_target"],
                 stats["truncated_prompts"], data_args.max_source_length, data_args.source_truncation_side)
-    if len(train_ds) == 0:
-        raise ValueError(f"{data_args.train_file}: no record has a non-empty {data_args.response_column!r}")
 
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and not legacy_args.overwrite_output_dir:
@@ -258,4 +261,4 @@ def _update_all_results(output_dir, metrics):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "main.py")

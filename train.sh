@@ -11,6 +11,8 @@ cd "$(dirname "$0")"
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
 
 NUM_GPUS=${NUM_GPUS:-1}
+LAUNCH=(python3 main.py)  # one process: plain python, so an error is main.py's one line
+[ "$NUM_GPUS" -gt 1 ] && LAUNCH=(torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py)
 DATA=${DATA:-PromptCBLUE}
 
 if [ -z "${MODEL:-}" ]; then
@@ -34,7 +36,7 @@ else
             --max_steps ${MAX_STEPS:-3000} --logging_steps 10 --save_steps ${SAVE_STEPS:-1000})
 fi
 
-torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py \
+"${LAUNCH[@]}" \
     --do_train \
     --train_file "$DATA/train.json" \
     --validation_file "$DATA/dev.json" \

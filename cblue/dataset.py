@@ -5,7 +5,7 @@ import logging
 from functools import partial
 
 from .features import generation_features, train_features
-from .records import RecordError, read_records
+from .records import read_records
 
 logger = logging.getLogger(__name__)
 
@@ -13,20 +13,20 @@ logger = logging.getLogger(__name__)
 def load_records_dataset(path: str, prompt_column: str, response_column: str | None,
                          history_column: str | None, require_response: bool, cache_dir: str | None = None,
                          max_samples: int | None = None):
-    """Validate `path` line by line, then load it through `datasets` (which caches it)."""
+    """Validate `path` line by line; return (a `datasets` table of the columns that are
+    tokenized, the records). The table is built from the validated records, so whatever
+    other fields a record carries (of any type) never reach pyarrow."""
     import datasets
 
     records = read_records(path, prompt_column, response_column, history_column, require_response)
-    try:
-        ds = datasets.load_dataset("json", data_files=path, cache_dir=cache_dir, split="train")
-    except Exception as e:  # pyarrow schema clashes between records, etc.
-        raise RecordError(f"{path}: could not be loaded as a table ({e})") from e
-    if response_column and response_column not in ds.column_names:
-        ds = ds.add_column(response_column, [""] * len(ds))
     if max_samples is not None:
-        ds = ds.select(range(min(max_samples, len(ds))))
-        records = records[:len(ds)]
-    return ds, records
+        records = records[:max_samples]
+    columns = {prompt_column: [r[prompt_column] for r in records]}
+    if response_column:
+        columns[response_column] = [r.get(response_column) or "" for r in records]
+    if history_column:
+        columns[history_column] = [[list(t) for t in r.get(history_column) or []] for r in records]
+    return datasets.Dataset.from_dict(columns), records
 
 
 def tokenize_for_training(ds, tokenizer, data_args, num_proc=None, overwrite_cache=False):

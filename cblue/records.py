@@ -29,11 +29,11 @@ def read_records(path: str, prompt_column: str = "input", response_column: str |
     """
     records = []
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as e:
         raise RecordError(f"{path}: cannot open ({e.strerror})") from None
     with f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in enumerate(_text_lines(f, path), 1):
             if not line.strip():
                 continue
             try:
@@ -53,6 +53,17 @@ def read_records(path: str, prompt_column: str = "input", response_column: str |
         raise RecordError(f"{path}: the file holds no records")
     _report_repeated_ids(records, path)
     return records
+
+
+def _text_lines(f, path: str):
+    """Lines of a UTF-8 file as text, as Windows editors save them too (a BOM, CRLF line ends);
+    anything else is named by file and line instead of a bare UnicodeDecodeError."""
+    for lineno, raw in enumerate(f, 1):
+        try:
+            yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError(f"{_where(path, lineno)}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                              f"{e.start + 1}); save the file as UTF-8 JSON lines") from None
 
 
 def _check_str(rec: dict, field: str, path: str, lineno: int, required: bool) -> None:

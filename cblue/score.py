@@ -101,16 +101,19 @@ def _load(path: str):
     """jsonl records, or a structured results.json (a dict of task lists)."""
     from .records import read_records
 
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
+    except OSError as e:
+        raise RecordError(f"{path}: cannot open ({e.strerror})") from None
     if head.startswith("{"):
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 obj = json.load(f)
             if isinstance(obj, dict) and all(isinstance(v, list) for v in obj.values()):
                 return obj, True
-        except json.JSONDecodeError:
-            pass
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass  # not one JSON document: read it as JSON lines, which names the bad line
     return read_records(path, "input", "target", None, require_response=True), False
 
 

@@ -35,28 +35,60 @@ def _shard_files(model_dir: str) -> list[str]:
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index = os.path.join(model_dir, index_name)
         if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
+            try:
+                with open(index, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{index}: not a weights index ({e})") from None
             return [os.path.join(model_dir, s) for s in sorted(set(weight_map.values()))]
         if os.path.isfile(os.path.join(model_dir, single)):
             return [os.path.join(model_dir, single)]
     raise FileNotFoundError(f"{model_dir}: no model.safetensors(.index.json) or pytorch_model*.bin(.index.json)")
 
 
+class CheckpointError(ValueError):
+    """A weights file that cannot be read; the message names it."""
+
+
+def open_weights(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """A .bin (without pickle's code execution) or .safetensors file as a dict of tensors;
+    a missing, truncated or foreign file is one clear error naming it."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not found")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except Exception as e:  # torch and safetensors raise RuntimeError, UnpicklingError, EOFError, ...
+        size = os.path.getsize(path)
+        raise CheckpointError(f"{path}: cannot be read as weights ({size} bytes; {type(e).__name__}: "
+                              f"{str(e).split('. ')[0][:120] if str(e) else 'no detail'}). The file is damaged "
+                              "or incomplete: copy it again, or use another checkpoint") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of tensors")
+    return state
+
+
 def iter_checkpoint_tensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor of every shard, one shard open at a time."""
     for path in _shard_files(model_dir):
-        if path.endswith(".safetensors"):
+        if path.endswith(".safetensors"):  # lazily, one tensor at a time
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
-        else:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            for name in list(state):
-                yield name, state.pop(name)
-            del state
+            try:
+                f = safe_open(path, framework="pt")
+            except Exception as e:
+                raise CheckpointError(f"{path}: cannot be read as safetensors ({e}); the file is damaged or "
+                                      "incomplete: copy it again") from None
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+            continue
+        state = open_weights(path, mmap=True)
+        for name in list(state):
+            yield name, state.pop(name)
+        del state
 
 
 def load_glm(model_dir: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",

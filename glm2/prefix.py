@@ -74,14 +74,12 @@ class PrefixEncoder(nn.Module):
 
 def read_prefix_checkpoint(ckpt_dir: str) -> dict[str, torch.Tensor]:
     """The prefix tensors of a checkpoint-N folder (ours or the original's)."""
+    from .checkpoint import open_weights
+
     for name in ("pytorch_model.bin", "model.safetensors"):
         path = os.path.join(ckpt_dir, name)
         if os.path.isfile(path):
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(path)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return open_weights(path)
     raise FileNotFoundError(f"{ckpt_dir}: no pytorch_model.bin (P-tuning checkpoint) found")
 
 

@@ -72,6 +72,9 @@ class ChatGLM2Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str) -> "ChatGLM2Tokenizer":
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such folder; --model_name_or_path must be a chatglm2 folder "
+                                    "(config.json, weights, tokenizer.model)")
         return cls(os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path)
 
     def __len__(self) -> int:
