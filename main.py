@@ -85,7 +85,7 @@ def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
 def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     train_ds, records = load_records_dataset(data_args.train_file, data_args.prompt_column,
                                              data_args.response_column, data_args.history_column, True,
-                                             model_args.cache_dir, data_args.max_train_samples)
+                                             data_args.max_train_samples)
     if not any(r[data_args.response_column] for r in records):
         raise RecordError(f"{data_args.train_file}: every record's {data_args.response_column!r} is empty: "
                           "nothing to train on (--response_column names the answer field)")
@@ -131,7 +131,7 @@ def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args,
     out_dir = out_dir or training_args.output_dir
     os.makedirs(out_dir, exist_ok=True)
     ds, records = load_records_dataset(data_file, data_args.prompt_column, data_args.response_column,
-                                       data_args.history_column, False, model_args.cache_dir, max_samples)
+                                       data_args.history_column, False, max_samples)
     feats, stats = tokenize_for_generation(ds, tokenizer, data_args, data_args.preprocessing_num_workers,
                                            data_args.overwrite_cache)
     prompts, label_ids = feats["input_ids"], feats["label_ids"]

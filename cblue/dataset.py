@@ -11,8 +11,7 @@ logger = logging.getLogger(__name__)
 
 
 def load_records_dataset(path: str, prompt_column: str, response_column: str | None,
-                         history_column: str | None, require_response: bool, cache_dir: str | None = None,
-                         max_samples: int | None = None):
+                         history_column: str | None, require_response: bool, max_samples: int | None = None):
     """Validate `path` line by line; return (a `datasets` table of the columns that are
     tokenized, the records). The table is built from the validated records, so whatever
     other fields a record carries (of any type) never reach pyarrow."""

@@ -50,6 +50,12 @@ class CheckpointError(ValueError):
     """A weights file that cannot be read; the message names it."""
 
 
+def _damaged(path: str, e: Exception) -> CheckpointError:
+    detail = str(e).split(". ")[0][:120] or "no detail"
+    return CheckpointError(f"{path}: cannot be read as weights ({os.path.getsize(path)} bytes; {type(e).__name__}: "
+                           f"{detail}). The file is damaged or incomplete: copy it again, or use another checkpoint")
+
+
 def open_weights(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     """A .bin (without pickle's code execution) or .safetensors file as a dict of tensors;
     a missing, truncated or foreign file is one clear error naming it."""
@@ -62,10 +68,7 @@ def open_weights(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
             return load_file(path)
         state = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except Exception as e:  # torch and safetensors raise RuntimeError, UnpicklingError, EOFError, ...
-        size = os.path.getsize(path)
-        raise CheckpointError(f"{path}: cannot be read as weights ({size} bytes; {type(e).__name__}: "
-                              f"{str(e).split('. ')[0][:120] if str(e) else 'no detail'}). The file is damaged "
-                              "or incomplete: copy it again, or use another checkpoint") from None
+        raise _damaged(path, e) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of tensors")
     return state
@@ -80,8 +83,7 @@ def iter_checkpoint_tensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]
             try:
                 f = safe_open(path, framework="pt")
             except Exception as e:
-                raise CheckpointError(f"{path}: cannot be read as safetensors ({e}); the file is damaged or "
-                                      "incomplete: copy it again") from None
+                raise _damaged(path, e) from None
             for name in f.keys():
                 yield name, f.get_tensor(name)
             continue

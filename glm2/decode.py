@@ -21,7 +21,7 @@ class _StaticCache:
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
         self.keys, self.values = keys, values
-        self.column = None  # LongTensor [1]: where this step's token goes
+        self.column = None  # LongTensor [1]: where this step's token goes (the decoder's, advanced in place)
         self.visible = None  # int: columns to return (eager), or None: the whole buffer
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
@@ -51,13 +51,13 @@ class StaticDecoder:
         self.mask = torch.zeros(mask.shape[0], total, dtype=torch.bool, device=mask.device)
         self.mask[:, :self.next_column] = mask.bool()
         self.pos = next_pos.clone()  # [batch, 1]
-        self.column = torch.tensor([self.next_column], device=mask.device)
+        self.column = torch.tensor([self.next_column], device=mask.device)  # next_column, on the device
+        self.cache.column = self.column
         self._forward = compiled_forward() if compiled else _forward_one
         self._mark_static()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; return fp32 logits [batch, vocab] for the next one."""
-        self.cache.column = self.column
         self.mask.index_fill_(1, self.column, True)
         if self.compiled:  # fixed shapes: the whole buffer, unwritten columns masked
             self.cache.visible, mask = None, self.mask

@@ -139,10 +139,6 @@ class ChatGLM2(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
-    @property
-    def is_activation_checkpointing(self) -> bool:
-        return getattr(self.base, "is_gradient_checkpointing", False)
-
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, ckpt_dir: str) -> None:
         """The prefix alone; without a prefix (full fine-tuning) the whole model, original layout."""

@@ -23,6 +23,14 @@ def _rows(tok, n=8, seed=0):
     return prompts
 
 
+def _tuning(tiny_model, dtype=torch.float16, **kwargs):
+    """A P-tuning model on the device with checkpointing, in training mode."""
+    model = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=16, dtype=dtype, device=DEVICE, seed=0, **kwargs)
+    model.gradient_checkpointing_enable()
+    model.train()
+    return model
+
+
 def _step_batch(tok, device):
     prompts = _rows(tok)
     width = max(map(len, prompts)) + 16
@@ -38,9 +46,7 @@ def _step_batch(tok, device):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ptuning_steps_in_half_with_checkpointing(tiny_model, dtype):
     tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
-    model = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=16, dtype=dtype, device=DEVICE, seed=0)
-    model.gradient_checkpointing_enable()
-    model.train()
+    model = _tuning(tiny_model, dtype)
     opt = torch.optim.AdamW(model.prefix_encoder.parameters(), lr=5e-2)
     ids, labels = _step_batch(tok, DEVICE)
     losses = []
@@ -61,9 +67,7 @@ def test_memory_does_not_grow_from_step_to_step(tiny_model):
     if DEVICE == "cpu":
         pytest.skip("device memory is a GPU measure")
     tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
-    model = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=16, dtype=torch.float16, device=DEVICE, seed=0)
-    model.gradient_checkpointing_enable()
-    model.train()
+    model = _tuning(tiny_model)
     opt = torch.optim.AdamW(model.prefix_encoder.parameters(), lr=1e-2)
     ids, labels = _step_batch(tok, DEVICE)
     after = []
@@ -92,14 +96,13 @@ def test_generation_is_equal_across_batch_sizes_and_compiled(tiny_model):
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_layers_on_the_device(tiny_model, bits):
     tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
-    model = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=16, dtype=torch.float16, device=DEVICE, seed=0,
-                                     quantization_bit=bits)
+    model = _tuning(tiny_model, quantization_bit=bits)
+    model.eval()
     layer = model.base.model.layers[0].mlp.down_proj
     assert layer.weight.device.type == torch.device(DEVICE).type and layer.weight.dtype == torch.int8
     prompts = _rows(tok, 4)
     outs = generate(model, prompts, GenerationSettings(max_new_tokens=8), tok.eos_token_id, tok.pad_token_id)
     assert len(outs) == 4
-    model.gradient_checkpointing_enable()
     model.train()
     ids, labels = _step_batch(tok, DEVICE)
     model(input_ids=ids, labels=labels).loss.backward()
