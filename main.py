@@ -24,6 +24,7 @@ from glm2.cli import run_cli
 from glm2.decode import compile_by_default
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2, without_prefix
+from glm2.progress import Progress
 from glm2.tokenizer import ChatGLM2Tokenizer
 from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, last_complete_checkpoint
 
@@ -153,12 +154,15 @@ def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args,
     mine.sort(key=lambda i: len(prompts[i]))  # similar lengths together: little padding
     batch_size = training_args.per_device_eval_batch_size
     start = time.time()
-    for b in range(0, len(mine), batch_size):
-        idx = mine[b:b + batch_size]
-        for i, ids in zip(idx, generate(model, [prompts[i] for i in idx], settings, tokenizer.eos_token_id,
-                                        tokenizer.pad_token_id)):
-            log.add(i, tokenizer.decode(ids).strip())
-        log.flush()
+    shown = f"{prefix} {split}" + (f" (rank 0, 1/{world} of the records)" if world > 1 else "")
+    with Progress(len(mine), shown, enabled=rank == 0) as progress:
+        for b in range(0, len(mine), batch_size):
+            idx = mine[b:b + batch_size]
+            for i, ids in zip(idx, generate(model, [prompts[i] for i in idx], settings, tokenizer.eos_token_id,
+                                            tokenizer.pad_token_id)):
+                log.add(i, tokenizer.decode(ids).strip())
+            log.flush()
+            progress.update(len(idx))
     runtime = time.time() - start
     log.close()
     if world > 1:

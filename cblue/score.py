@@ -86,6 +86,15 @@ def score_records(gold_records: list[dict], pred_records: list[dict], version: s
     return score_structured(gold, pred, version)
 
 
+def score_one(record: dict, answer: str, version: str | None = None) -> tuple[str, float]:
+    """The official main metric of one answer to one record (its task's parser and metric on a
+    one-sample set): what the web demo shows next to each answer."""
+    task = record["task_dataset"]
+    scores = score_records([record], [dict(record, target=answer)], version)
+    metric = main_metric(task)
+    return metric, scores["tasks"][task][metric]
+
+
 def format_table(scores: dict) -> str:
     rows = [f"{'task':<14} {'main metric':<16} {'value':>8}   other metrics"]
     for task, m in scores["tasks"].items():

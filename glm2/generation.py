@@ -8,6 +8,7 @@ depend on what it is batched with (in fp32, up to float rounding of ~1e-7 in the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from transformers.generation.logits_process import (
@@ -85,26 +86,55 @@ class _Stepper:
         self.logits = self.logits[index]
 
 
-@torch.inference_mode()
 def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id: int,
              pad_token_id: int) -> list[list[int]]:
     """New token ids for each prompt, without the eos that ended it."""
+    results: list[list[int]] = [[] for _ in prompts]
+    for step in stream_tokens(model, prompts, settings, eos_token_id, pad_token_id):
+        for row, token in step:
+            results[row].append(token)
+    return results
+
+
+@torch.inference_mode()
+def stream_tokens(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id: int,
+                  pad_token_id: int) -> Iterator[list[tuple[int, int]]]:
+    """Generation as it happens: per step, (prompt index, new token) for every row still
+    generating. The prefix in use is the one the model holds at the first step (the prompt
+    pass puts it in the cache), so a base and a tuned stream can be interleaved."""
     was_training = model.training
     model.eval()  # no prefix dropout while generating
     try:
-        return _generate(model, prompts, settings, eos_token_id, pad_token_id)
+        if settings.num_beams > 1:  # beam search knows its answer only at the end
+            for row, p in enumerate(prompts):
+                yield [(row, t) for t in _beam_search(model, p, settings, eos_token_id)]
+            return
+        yield from _sample_steps(model, prompts, settings, eos_token_id, pad_token_id)
     finally:
         model.train(was_training)
 
 
-def _generate(model, prompts, settings, eos_token_id, pad_token_id):
-    if settings.num_beams > 1:
-        return [_beam_search(model, p, settings, eos_token_id) for p in prompts]
+def stream_text(model: ChatGLM2, tokenizer, prompts: list[list[int]], settings: GenerationSettings,
+                ) -> Iterator[list[str]]:
+    """Each prompt's answer so far, as text, after every step (what a demo shows while it
+    types). A character whose bytes are not all generated yet is held back, not shown as \ufffd."""
+    tokens: list[list[int]] = [[] for _ in prompts]
+    shown = [""] * len(prompts)
+    for step in stream_tokens(model, prompts, settings, tokenizer.eos_token_id, tokenizer.pad_token_id):
+        for row, token in step:
+            tokens[row].append(token)
+            text = tokenizer.decode(tokens[row]).lstrip()
+            if not text.endswith("\ufffd"):
+                shown[row] = text
+        yield list(shown)
+    yield [tokenizer.decode(t).strip() for t in tokens]  # the final answers, as generate() + decode give
+
+
+def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id):
     ids, mask = left_pad(prompts, pad_token_id, model.device)
     stepper = _Stepper(model, ids, mask, settings.max_new_tokens, settings.compiled)
     procs = settings.processors()
     gen = torch.Generator(device="cpu").manual_seed(settings.seed) if settings.do_sample else None
-    results: list[list[int]] = [[] for _ in prompts]
     active = list(range(len(prompts)))  # rows still generating, in the order the cache holds them
     seen, logits = ids, stepper.logits
     for step in range(settings.max_new_tokens):
@@ -116,9 +146,7 @@ def _generate(model, prompts, settings, eos_token_id, pad_token_id):
             tokens = scores.argmax(dim=-1)
         chosen = tokens.tolist()  # the step's one device-to-host copy
         ended = [t == eos_token_id for t in chosen]
-        for row, token, done in zip(active, chosen, ended):
-            if not done:
-                results[row].append(token)
+        yield [(row, token) for row, token, done in zip(active, chosen, ended) if not done]
         if step == settings.max_new_tokens - 1 or all(ended):
             break
         if any(ended):  # finished rows leave the batch: short answers stop costing compute
@@ -128,7 +156,6 @@ def _generate(model, prompts, settings, eos_token_id, pad_token_id):
             active, tokens, seen = [active[i] for i in keep], tokens[index], seen[index]
         seen = torch.cat([seen, tokens[:, None]], dim=-1)
         logits = stepper.step(tokens)
-    return results
 
 
 def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSettings, eos_token_id: int) -> list[int]:
@@ -174,3 +201,35 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
         seen = torch.cat([seen[index], tokens[:, None]], dim=-1)
         logits = stepper.step(tokens)
     return max(done, key=lambda d: d[0])[1] if done else beams[0]
+
+
+def side_by_side(model: ChatGLM2, tokenizer, prompt: list[int], settings: GenerationSettings,
+                 ) -> Iterator[tuple[str, str]]:
+    """(base answer so far, tuned answer so far) for one prompt, both streamed together: the
+    base is the same loaded weights with the prefix set aside for its prompt pass."""
+    from .model import without_prefix
+
+    with without_prefix(model):
+        base = stream_text(model, tokenizer, [prompt], settings)
+        base_text = next(base)[0]  # the prompt pass runs here, without the prefix
+    tuned = stream_text(model, tokenizer, [prompt], settings)
+    yield from _step_together(base, tuned, base_text, "")
+
+
+def _step_together(a: Iterator[list[str]], b: Iterator[list[str]], last_a: str, last_b: str):
+    """Step two streams together; one that has ended keeps showing its final text."""
+    yield last_a, last_b
+    live_a = live_b = True
+    while live_a or live_b:
+        if live_a:
+            try:
+                last_a = next(a)[0]
+            except StopIteration:
+                live_a = False
+        if live_b:
+            try:
+                last_b = next(b)[0]
+            except StopIteration:
+                live_b = False
+        if live_a or live_b:
+            yield last_a, last_b

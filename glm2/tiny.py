@@ -23,6 +23,8 @@ import shutil
 
 import torch
 
+from .progress import Progress
+
 logger = logging.getLogger(__name__)
 
 TINY_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, head_dim=32,
@@ -72,7 +74,7 @@ def train_tokenizer(train_file: str, model_path: str, vocab_size: int = 2000) ->
 
 
 def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128, batch_size: int = 16,
-             lr: float = 3e-3, seed: int = 0, log_every: int = 100) -> list[float]:
+             lr: float = 3e-3, seed: int = 0) -> list[float]:
     """Causal-LM training of all weights on plain texts (no chat template, no prompt/answer
     pairing): the tiny model learns the language and the answer formats, but not which answer
     follows which prompt. That mapping is what P-tuning then has to teach."""
@@ -87,18 +89,18 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128,
         0.1, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     model.train()
     losses = []
-    for step in range(steps):
-        starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=gen)
-        batch = torch.stack([data[s:s + seq_len] for s in starts.tolist()])
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            logger.info("pre-training step %d/%d: loss %.3f", step + 1, steps, sum(losses[-log_every:]) / log_every)
+    with Progress(steps, "building the tiny model: pre-training", unit="steps") as progress:
+        for step in range(steps):
+            starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=gen)
+            batch = torch.stack([data[s:s + seq_len] for s in starts.tolist()])
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            progress.update(1, loss=sum(losses[-20:]) / len(losses[-20:]))
     model.eval()
     return losses
 

@@ -29,6 +29,9 @@ def test_two_process_prediction_gathers_in_input_order(tiny_model, tiny_checkpoi
             tiny_checkpoint, "--max_source_length", "128", "--max_target_length", "16",
             "--per_device_eval_batch_size", "8", "--max_predict_samples", "40", "--report_to", "none"]
     run_main(args + ["--output_dir", str(tmp_path / "one")])
-    run_main(args + ["--output_dir", str(tmp_path / "two")], torchrun=2)
+    proc = run_main(args + ["--output_dir", str(tmp_path / "two")], torchrun=2, env={"GLM2_PROGRESS_SECONDS": "0"})
+    progress = [l for l in proc.stdout.splitlines() if "glm2.progress" in l]
+    assert progress and all("(rank 0, 1/2 of the records)" in l for l in progress)
+    assert sum("(100%)" in l for l in progress) == 1  # one process reports
     for name in ("generated_predictions.txt", "test_predictions.json", "results.json", "scores.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -22,3 +22,18 @@ def test_a_changed_recipe_is_rebuilt(tiny_model, tmp_path):
     other = tmp_path / "train.json"
     other.write_text(open(TRAIN, encoding="utf-8").read() + json.dumps({"input": "x", "target": "y"}) + "\n")
     assert not is_built(tiny_model, build_recipe(str(other), 0, 0))  # other data: rebuild
+
+
+def test_the_build_shows_its_progress(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "glm2.tiny", "--train_file", TRAIN, "--out", str(tmp_path / "m"),
+                           "--pretrain_steps", "6"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, GLM2_PROGRESS_SECONDS="0"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("building the tiny model: pre-training: ")]
+    assert len(lines) == 6
+    assert "1/6 steps (16%)" in lines[0] and "steps/s" in lines[0] and " left, loss " in lines[0]
+    assert "6/6 steps (100%)" in lines[-1] and ", took " in lines[-1]
+    assert proc.stdout.strip() == str(tmp_path / "m")  # stdout stays the model path (train.sh reads it)

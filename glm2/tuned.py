@@ -1,0 +1,39 @@
+"""What the interactive tools (chat.py, web_demo.py) load: a base model and a tuned checkpoint,
+the newest one under output/ when none is named (embedded demo only)."""
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+from .model import ChatGLM2
+from .tokenizer import ChatGLM2Tokenizer
+
+EMBEDDED_MODEL = "output/tiny-chatglm2"
+
+
+def newest_checkpoint(model_dir: str, output_root: str = "output") -> str | None:
+    """The newest complete checkpoint (one with trainer_state.json) under output/, for the
+    embedded model only: for any other model the user names the checkpoint."""
+    if os.path.normpath(model_dir) != os.path.normpath(EMBEDDED_MODEL):
+        return None
+    found = [d for d in glob.glob(os.path.join(output_root, "*", "checkpoint-*"))
+             if os.path.isfile(os.path.join(d, "trainer_state.json"))]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def load_tuned(model_dir: str, checkpoint: str | None, quantization_bit: int | None = None) -> tuple[ChatGLM2, ChatGLM2Tokenizer, str]:
+    """(model with the checkpoint's prefix, tokenizer, checkpoint path), fp16 on CUDA, fp32 on a CPU."""
+    checkpoint = checkpoint or newest_checkpoint(model_dir)
+    if not checkpoint:
+        raise ValueError("no checkpoint to compare with: pass --ptuning_checkpoint (none found under output/; "
+                         "`bash train.sh` makes one for the embedded model)")
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"{model_dir}: no such model folder (run `bash train.sh` first for the embedded model, "
+                         "or pass --model_name_or_path)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint, device=device,
+                                     dtype=torch.float16 if device == "cuda" else torch.float32,
+                                     quantization_bit=quantization_bit)
+    return model, ChatGLM2Tokenizer.from_pretrained(model_dir), checkpoint

@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Web demo: the base and the tuned model answer the same prompt side by side, streamed, with
+PromptCBLUE examples per task and the official score of each answer (THUDM's web_demo.py, gradio).
+
+    python web_demo.py                                   # embedded tiny model, its newest checkpoint
+    python web_demo.py --model_name_or_path /path/to/chatglm2-6b --ptuning_checkpoint output/RUN/checkpoint-3000
+    bash web_demo.sh                                     # the same, settings from the environment
+
+Then open http://127.0.0.1:7860 (--host 0.0.0.0 to serve other machines).
+"""
+import argparse
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a demo (or an offline node)
+
+from cblue.compare import pick_examples
+from cblue.features import prompt_ids
+from cblue.records import read_records
+from cblue.score import score_one
+from glm2.tuned import EMBEDDED_MODEL, load_tuned
+from glm2.web_app import build_app
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_name_or_path", default=EMBEDDED_MODEL)
+    ap.add_argument("--ptuning_checkpoint", default=None, help="default: the newest one (embedded model only)")
+    ap.add_argument("--examples_file", default="PromptCBLUE/dev.json", help="PromptCBLUE records to pick examples from")
+    ap.add_argument("--examples_per_task", type=int, default=3)
+    ap.add_argument("--max_source_length", type=int, default=700)
+    ap.add_argument("--quantization_bit", type=int, default=None)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=7860)
+    args = ap.parse_args()
+
+    records = read_records(args.examples_file, require_response=False)
+    examples = [records[i] for idx in pick_examples(records, args.examples_per_task).values() for i in idx]
+    model, tokenizer, checkpoint = load_tuned(args.model_name_or_path, args.ptuning_checkpoint, args.quantization_bit)
+
+    def encode(text: str) -> list[int]:
+        return prompt_ids(tokenizer, text, None, args.max_source_length, "left")[0]
+
+    app = build_app(model, tokenizer, examples, encode, score_one,
+                    title=f"PromptCBLUE: {args.model_name_or_path} vs + {checkpoint}")
+    print(f"web_demo.py: {len(examples)} examples from {args.examples_file}; serving http://{args.host}:{args.port}",
+          flush=True)
+    app.queue().launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)
+
+
+if __name__ == "__main__":
+    from glm2.cli import run_cli
+
+    run_cli(main, "web_demo.py")
