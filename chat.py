@@ -87,7 +87,7 @@ def print_streamed(texts) -> None:
             sys.stdout.write("\n" + text)
         shown = text
         sys.stdout.flush()
-    print(shown and "" or "(empty)", flush=True)
+    print("" if shown else "(empty)", flush=True)
 
 if __name__ == "__main__":
     from glm2.cli import run_cli
