@@ -24,7 +24,7 @@ if [ -z "${MODEL:-}" ]; then
   LR=${LR:-3e-2}
   RUN=${RUN:-tiny-chatglm2-pt-$PRE_SEQ_LEN-$LR}
   DEFAULTS=(--max_source_length 128 --max_target_length 64 --per_device_train_batch_size 8
-            --gradient_accumulation_steps 1 --max_steps ${MAX_STEPS:-800} --logging_steps 20 --save_steps 200
+            --gradient_accumulation_steps 1 --max_steps ${MAX_STEPS:-1600} --logging_steps 20 --save_steps 400
             --dataloader_num_workers 0)
   echo "train.sh: no MODEL given; P-tuning the embedded tiny ChatGLM2 in $MODEL on $DATA/train.json (CPU)."
 else
