@@ -12,8 +12,9 @@ class ModelArguments:
         default=None, metadata={"help": "An original THUDM chatglm2-6b folder (config.json, weights, "
                                         "tokenizer.model). Its .py files are never run."})
     ptuning_checkpoint: Optional[str] = field(
-        default=None, metadata={"help": "A P-tuning v2 checkpoint-N folder (ours or the original's) to "
-                                        "evaluate or predict with."})
+        default=None, metadata={"help": "A checkpoint-N folder to evaluate or predict with: a P-tuning v2 "
+                                        "prefix (ours or the original's), a LoRA adapter (PEFT format, ours or "
+                                        "trained on the original code), or a full fine-tune; recognised by its files."})
     config_name: Optional[str] = field(default=None, metadata={"help": "Kept for compatibility; unused."})
     tokenizer_name: Optional[str] = field(
         default=None, metadata={"help": "Folder or tokenizer.model to use instead of the model's."})
@@ -29,6 +30,16 @@ class ModelArguments:
         default=None, metadata={"help": "P-tuning v2 prefix length; without it the whole model is fine-tuned."})
     prefix_projection: bool = field(
         default=False, metadata={"help": "Pass the prefix through a two-layer MLP (P-tuning v2 variant)."})
+    lora_rank: Optional[int] = field(
+        default=None, metadata={"help": "Added: train LoRA adapters of this rank (through PEFT) instead of a prefix; "
+                                        "exclusive with --pre_seq_len."})
+    lora_alpha: Optional[float] = field(
+        default=None, metadata={"help": "Added: LoRA scaling numerator (scale = alpha / rank); default 2 x rank."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Added: dropout on the LoRA input."})
+    lora_target: Optional[str] = field(
+        default=None, metadata={"help": "Added: comma-separated layers to adapt, ours (q_proj,k_proj,v_proj,o_proj,"
+                                        "gate_up_proj,down_proj) or the original's (query_key_value,dense,"
+                                        "dense_h_to_4h,dense_4h_to_h); default all of them."})
 
 
 @dataclass

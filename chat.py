@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Ask the base model and the P-tuned model the same question: both answers stream, one above the other.
+"""Ask the base model and the tuned model (P-tuning prefix or LoRA adapter) the same question: both answers stream, one above the other.
 
     python chat.py                                   # embedded tiny model, its newest checkpoint
     python chat.py --model_name_or_path /path/to/chatglm2-6b --ptuning_checkpoint output/RUN/checkpoint-3000
@@ -15,7 +15,7 @@ import json
 import sys
 
 from glm2.generation import GenerationSettings, stream_text
-from glm2.model import without_prefix
+from glm2.model import base_only
 from glm2.tuned import EMBEDDED_MODEL, load_tuned
 
 
@@ -50,7 +50,8 @@ def prompts(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_name_or_path", default=EMBEDDED_MODEL)
-    ap.add_argument("--ptuning_checkpoint", default=None, help="default: the newest one (embedded model only)")
+    ap.add_argument("--ptuning_checkpoint", default=None,
+                    help="a checkpoint-N folder, P-tuning prefix or LoRA adapter; default: the newest one (embedded model only)")
     ap.add_argument("--file", help="prompts, one per line; default: standard input")
     ap.add_argument("--max_source_length", type=int, default=700)
     ap.add_argument("--max_new_tokens", type=int, default=128)
@@ -66,14 +67,15 @@ def main():
                                   top_p=args.top_p if args.do_sample else 1.0)
     from cblue.features import prompt_ids
 
+    tuned_label = "LoRA" if model.lora_config is not None else "P-tuned"
     print(f"base: {args.model_name_or_path}   tuned: {ckpt}")
     for text in prompts(args):
         ids, _ = prompt_ids(tok, text, None, args.max_source_length, "left")
         print(f"\n问：{text}")
         print("── base ──────────────")
-        with without_prefix(model):
+        with base_only(model):
             print_streamed(stream_text(model, tok, [ids], settings))
-        print("── P-tuned ───────────")
+        print(f"── {tuned_label} ───────────")
         print_streamed(stream_text(model, tok, [ids], settings))
 
 

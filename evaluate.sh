@@ -7,6 +7,8 @@
 #   MODEL=/path/to/chatglm2-6b CHECKPOINT=promptcblue-chatglm2-6b-pt-128-2e-2 STEP=3000 bash evaluate.sh
 #   TEST_FILE=PromptCBLUE/test.json bash evaluate.sh   # predict the test set (no targets: no scores)
 #   COMPARE_BASE=1 bash evaluate.sh                    # also the base model without prefix, side by side
+#   METHOD=lora bash evaluate.sh                       # the run `LORA_RANK=8 bash train.sh` made
+# CHECKPOINT names a run under output/ (any kind: prefix, LoRA adapter, full model; recognised by its files).
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
@@ -16,15 +18,19 @@ LAUNCH=(python3 main.py)  # one process: plain python, so an error is main.py's 
 [ "$NUM_GPUS" -gt 1 ] && LAUNCH=(torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py)
 DATA=${DATA:-PromptCBLUE}
 TEST_FILE=${TEST_FILE:-$DATA/dev.json}
+METHOD=${METHOD:-$([ -n "${LORA_RANK:-}" ] && echo lora || echo ptuning)}
+[ "$METHOD" = lora ] && TAG=lora-${LORA_RANK:-8} || TAG=pt-${PRE_SEQ_LEN:-128}
 
 if [ -z "${MODEL:-}" ]; then
   MODEL=output/tiny-chatglm2
   [ -f "$MODEL/config.json" ] || { echo "evaluate.sh: no MODEL given and $MODEL is not built; run 'bash train.sh' first." >&2; exit 1; }
-  CHECKPOINT=${CHECKPOINT:-tiny-chatglm2-pt-${PRE_SEQ_LEN:-128}-${LR:-3e-2}}
+  [ "$METHOD" = lora ] && LR=${LR:-2e-3} || LR=${LR:-3e-2}
+  CHECKPOINT=${CHECKPOINT:-tiny-chatglm2-$TAG-$LR}
   BATCH=${BATCH:-16}
   DEFAULTS=(--max_source_length 128 --max_target_length 64)
 else
-  CHECKPOINT=${CHECKPOINT:-promptcblue-chatglm2-6b-pt-${PRE_SEQ_LEN:-128}-${LR:-2e-2}}
+  [ "$METHOD" = lora ] && LR=${LR:-2e-4} || LR=${LR:-2e-2}
+  CHECKPOINT=${CHECKPOINT:-promptcblue-chatglm2-6b-$TAG-$LR}
   BATCH=${BATCH:-16}
   DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196})
 fi

@@ -23,7 +23,7 @@ from cblue.outputs import PredictionLog, merge_logs, save_json, write_prediction
 from glm2.cli import run_cli
 from glm2.decode import compile_by_default
 from glm2.generation import GenerationSettings, generate
-from glm2.model import ChatGLM2, without_prefix
+from glm2.model import ChatGLM2, base_only
 from glm2.progress import Progress
 from glm2.tokenizer import ChatGLM2Tokenizer
 from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, last_complete_checkpoint
@@ -69,17 +69,32 @@ def model_dtype(training_args, full_fine_tuning: bool = False) -> torch.dtype:
 
 
 def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
-    full_fine_tuning = for_training and not model_args.pre_seq_len
+    lora = for_training and model_args.lora_rank
+    if lora and model_args.pre_seq_len:
+        raise ValueError("--pre_seq_len and --lora_rank are exclusive: P-tuning trains a prefix, LoRA trains "
+                         "adapters; pass one of them")
+    # Nothing that tunes (no prefix, adapter or checkpoint of either): the whole model trains.
+    full_fine_tuning = for_training and not (model_args.pre_seq_len or lora or model_args.ptuning_checkpoint)
+    if full_fine_tuning and model_args.quantization_bit:
+        raise ValueError("--quantization_bit needs --pre_seq_len or --lora_rank: quantized weights cannot be "
+                         "fine-tuned")
     model = ChatGLM2.from_pretrained(model_args.model_name_or_path, pre_seq_len=model_args.pre_seq_len,
                                      prefix_projection=model_args.prefix_projection,
                                      dtype=model_dtype(training_args, full_fine_tuning), device=training_args.device,
                                      seed=training_args.seed, quantization_bit=model_args.quantization_bit,
                                      ptuning_checkpoint=model_args.ptuning_checkpoint)
+    if lora and model.lora_config is None:  # (an adapter given by --ptuning_checkpoint trains on)
+        from glm2.lora import target_modules
+
+        model.add_lora(model_args.lora_rank, model_args.lora_alpha or 2.0 * model_args.lora_rank,
+                       model_args.lora_dropout, target_modules(model_args.lora_target), seed=training_args.seed)
+    if model.lora_config is not None:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info("LoRA rank %d on %s: %d trainable parameters", model.lora_config.r,
+                    ",".join(sorted(model.lora_config.target_modules)), trainable)
     logger.info("Base model: %s on %s", model.dtype, training_args.device)
-    if for_training and model.prefix_encoder is None:
-        if model_args.quantization_bit:
-            raise ValueError("--quantization_bit needs --pre_seq_len: quantized weights cannot be fine-tuned")
-        model.base.requires_grad_(True)  # no prefix: full fine-tuning, as the original
+    if for_training and not model.is_tuned:
+        model.base.requires_grad_(True)  # no prefix, no adapters: full fine-tuning, as the original
     return model
 
 
@@ -122,7 +137,8 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        what = "prefix only" if model.prefix_encoder is not None else "whole model, original layout"
+        what = ("LoRA adapter, PEFT format" if model.lora_config is not None else
+                "prefix only" if model.prefix_encoder is not None else "whole model, original layout")
         logger.info("Checkpoints (%s) are in %s", what, training_args.output_dir)
 
 
@@ -212,9 +228,9 @@ def main():
         if model is None:
             model = load_model(model_args, training_args, for_training=False)
         if gen_args.compare_base:
-            if model.prefix_encoder is None:
-                raise ValueError("--compare_base needs a prefix: pass --ptuning_checkpoint")
-            with without_prefix(model):  # the same loaded weights, no prefix
+            if not model.is_tuned:
+                raise ValueError("--compare_base needs a tuned checkpoint (prefix or LoRA): pass --ptuning_checkpoint")
+            with base_only(model):  # the same loaded weights, no prefix, adapters off
                 predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
                         max_samples, prefix, out_dir=os.path.join(training_args.output_dir, "base"))
         metrics = predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,

@@ -1,7 +1,8 @@
-"""The Trainer: transformers' own loop, with checkpoints that hold only the prefix.
+"""The Trainer: transformers' own loop, with checkpoints that hold only what trains.
 
-A checkpoint-N folder is the original's: `pytorch_model.bin` with the prefix tensors under
-their original names (a few MB, not 12 GB), `config.json`, and transformers' optimizer,
+A P-tuning checkpoint-N folder is the original's: `pytorch_model.bin` with the prefix tensors
+under their original names (a few MB, not 12 GB) and `config.json`; a LoRA one is PEFT's
+(`adapter_config.json`, `adapter_model.safetensors`); both get transformers' optimizer,
 scheduler, RNG and `trainer_state.json` for `--resume_from_checkpoint`. trainer_state.json is
 written last, so a folder without it is an interrupted save and is never resumed from.
 """
@@ -24,23 +25,28 @@ def _unwrap(model):
 
 
 class PrefixTrainer(Trainer):
-    """Saves and restores only what trains: the prefix encoder (or, without --pre_seq_len, the
-    whole model in the original layout)."""
+    """Saves and restores only what trains: the prefix encoder, or the LoRA adapter in PEFT's
+    format, or (with neither) the whole model in the original layout."""
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
-        _unwrap(self.model).save_checkpoint(output_dir)
-        logger.info("Saved %s to %s", "the prefix" if _unwrap(self.model).prefix_encoder is not None
-                    else "the model", output_dir)
+        model = _unwrap(self.model)
+        model.save_checkpoint(output_dir)
+        what = ("the LoRA adapter" if model.lora_config is not None else
+                "the prefix" if model.prefix_encoder is not None else "the model")
+        logger.info("Saved %s to %s", what, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         _unwrap(model or self.model).load_checkpoint(resume_from_checkpoint)
 
 
 def is_complete_checkpoint(path: str) -> bool:
-    return all(os.path.isfile(os.path.join(path, f)) for f in ("pytorch_model.bin", "trainer_state.json"))
+    """Weights (prefix or full model, or a LoRA adapter) and trainer_state.json, written last."""
+    weights = ("pytorch_model.bin", "adapter_model.safetensors")
+    return (any(os.path.isfile(os.path.join(path, f)) for f in weights)
+            and os.path.isfile(os.path.join(path, "trainer_state.json")))
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

@@ -24,7 +24,8 @@ from glm2.web_app import build_app
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_name_or_path", default=EMBEDDED_MODEL)
-    ap.add_argument("--ptuning_checkpoint", default=None, help="default: the newest one (embedded model only)")
+    ap.add_argument("--ptuning_checkpoint", default=None,
+                    help="a checkpoint-N folder, P-tuning prefix or LoRA adapter; default: the newest one (embedded model only)")
     ap.add_argument("--examples_file", default="PromptCBLUE/dev.json", help="PromptCBLUE records to pick examples from")
     ap.add_argument("--examples_per_task", type=int, default=3)
     ap.add_argument("--max_source_length", type=int, default=700)

@@ -207,9 +207,9 @@ def side_by_side(model: ChatGLM2, tokenizer, prompt: list[int], settings: Genera
                  ) -> Iterator[tuple[str, str]]:
     """(base answer so far, tuned answer so far) for one prompt, both streamed together: the
     base is the same loaded weights with the prefix set aside for its prompt pass."""
-    from .model import without_prefix
+    from .model import base_only
 
-    with without_prefix(model):
+    with base_only(model):
         base = stream_text(model, tokenizer, [prompt], settings)
         base_text = next(base)[0]  # the prompt pass runs here, without the prefix
     tuned = stream_text(model, tokenizer, [prompt], settings)

@@ -1,4 +1,5 @@
-"""ChatGLM2 with a P-tuning v2 prefix: a frozen GlmForCausalLM plus a small PrefixEncoder.
+"""ChatGLM2 with what tunes it: a frozen GlmForCausalLM plus a P-tuning v2 PrefixEncoder, or
+PEFT LoRA adapters in its linear layers (glm2/lora.py), or nothing (full fine-tuning).
 
 Like a PEFT adapter, the prefix is its own module and the only thing trained or saved; the
 base model is loaded once and never modified. Positions of real tokens start at 0 whatever
@@ -18,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .checkpoint import iter_checkpoint_tensors, load_glm, read_config, save_chatglm
 from .convert import chatglm_to_glm
+from .lora import add_lora, is_adapter_dir, load_adapter, read_adapter, save_adapter, set_adapter_weights
 from .prefix import (PrefixEncoder, prefix_cache, prefix_shape_from_checkpoint, read_prefix_checkpoint,
                      write_prefix_checkpoint)
 
@@ -39,6 +41,7 @@ class ChatGLM2(nn.Module):
         self.prefix_encoder = prefix_encoder
         self.model_dir = model_dir
         self.config = base.config
+        self.lora_config = None  # set by add_lora / load_lora
         if prefix_encoder is not None:
             self.base.requires_grad_(False)
 
@@ -46,16 +49,23 @@ class ChatGLM2(nn.Module):
     def from_pretrained(cls, model_dir: str, pre_seq_len: int | None = None, prefix_projection: bool = False,
                         dtype: torch.dtype = torch.float32, device="cpu", seed: int | None = None,
                         quantization_bit: int | None = None, ptuning_checkpoint: str | None = None) -> "ChatGLM2":
-        """The base model of `model_dir`, plus a prefix: fresh (`pre_seq_len`), or read from
-        `ptuning_checkpoint` (ours or the original's), whose tensors then fix its shape."""
+        """The base model of `model_dir`, plus what `ptuning_checkpoint` holds: a prefix (ours or
+        the original's, whose tensors then fix its shape), a LoRA adapter (ours, PEFT's, or one
+        trained on the original code), or a whole fine-tuned model (then loaded instead of
+        `model_dir`'s weights). Without a checkpoint, a fresh prefix of `pre_seq_len`."""
         prefix_state = None
-        if ptuning_checkpoint:
+        kind = checkpoint_kind(ptuning_checkpoint) if ptuning_checkpoint else None
+        if kind == "full":
+            model_dir = ptuning_checkpoint
+        elif kind == "prefix":
             prefix_state = read_prefix_checkpoint(ptuning_checkpoint)
             saved_len, prefix_projection = prefix_shape_from_checkpoint(prefix_state)
             if pre_seq_len and pre_seq_len != saved_len:
                 raise ValueError(f"--pre_seq_len {pre_seq_len} but {ptuning_checkpoint} holds a prefix of "
                                  f"length {saved_len}")
             pre_seq_len = saved_len
+        elif kind == "lora" and pre_seq_len:
+            raise ValueError(f"--pre_seq_len {pre_seq_len} but {ptuning_checkpoint} holds a LoRA adapter, not a prefix")
         base = load_glm(model_dir, dtype=dtype, device=device, quantization_bit=quantization_bit)
         prefix = None
         if pre_seq_len:
@@ -66,7 +76,26 @@ class ChatGLM2(nn.Module):
                                    c.hidden_size, prefix_projection).to(device)
         if prefix_state is not None:
             prefix.load_original_state_dict(prefix_state, source=ptuning_checkpoint)
-        return cls(base, prefix, model_dir)
+        model = cls(base, prefix, model_dir)
+        if kind == "lora":
+            model.lora_config = load_adapter(base, ptuning_checkpoint)
+            base.to(device)
+        return model
+
+    def add_lora(self, rank: int, alpha: float, dropout: float, targets: list[str], seed: int | None = None) -> None:
+        """Fresh LoRA adapters (fp32) in the given linear layers; only they train."""
+        if self.prefix_encoder is not None:
+            raise ValueError("--pre_seq_len and --lora_rank are exclusive: P-tuning trains a prefix, LoRA trains "
+                             "adapters; pass one of them")
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.lora_config = add_lora(self.base, rank, alpha, dropout, targets)
+        self.base.to(self.device)
+
+    @property
+    def is_tuned(self) -> bool:
+        """A prefix or LoRA adapters: something to compare the base model with."""
+        return self.prefix_encoder is not None or self.lora_config is not None
 
     @property
     def pre_seq_len(self) -> int:
@@ -141,7 +170,10 @@ class ChatGLM2(nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, ckpt_dir: str) -> None:
-        """The prefix alone; without a prefix (full fine-tuning) the whole model, original layout."""
+        """The prefix alone; or the LoRA adapter in PEFT's format; without either (full
+        fine-tuning) the whole model, original layout."""
+        if self.lora_config is not None:
+            return save_adapter(self.base, self.lora_config, ckpt_dir, self.model_dir)
         if self.prefix_encoder is not None:
             return self.save_prefix(ckpt_dir)
         save_chatglm(self.base, ckpt_dir)
@@ -150,6 +182,8 @@ class ChatGLM2(nn.Module):
                 shutil.copyfile(os.path.join(self.model_dir, name), os.path.join(ckpt_dir, name))
 
     def load_checkpoint(self, ckpt_dir: str) -> None:
+        if self.lora_config is not None:
+            return set_adapter_weights(self.base, read_adapter(ckpt_dir, self.config)[1], ckpt_dir)
         if self.prefix_encoder is not None:
             return self.load_prefix(ckpt_dir)
         state = {}
@@ -170,16 +204,39 @@ class ChatGLM2(nn.Module):
                 json.dump(cfg, f, indent=2)
 
 
-class without_prefix:
-    """`with without_prefix(model):` runs the base model alone (the prefix is set aside, not
-    freed), so a before/after comparison loads the 6B weights once."""
+class base_only:
+    """`with base_only(model):` runs the base model alone: the prefix is set aside (not freed)
+    and LoRA adapters are switched off, so a before/after comparison loads the 6B weights once."""
 
     def __init__(self, model: ChatGLM2):
         self.model, self.saved = model, None
 
     def __enter__(self):
         self.saved, self.model.prefix_encoder = self.model.prefix_encoder, None
+        self._lora(False)
         return self.model
 
     def __exit__(self, *exc):
         self.model.prefix_encoder = self.saved
+        self._lora(True)
+
+    def _lora(self, enabled: bool) -> None:
+        if self.model.lora_config is None:
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.model.base.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.enable_adapters(enabled)
+
+
+def checkpoint_kind(path: str) -> str:
+    """What a checkpoint folder holds: "lora" (adapter_config.json), "full" (a complete chatglm2
+    folder: a config without pre_seq_len), or "prefix" (ours or the original's P-tuning)."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: no such checkpoint folder")
+    if is_adapter_dir(path):
+        return "lora"
+    if os.path.isfile(os.path.join(path, "config.json")) and not read_config(path).get("pre_seq_len"):
+        return "full"
+    return "prefix"

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .model import ChatGLM2
+from .model import ChatGLM2, checkpoint_kind
 from .tokenizer import ChatGLM2Tokenizer
 
 EMBEDDED_MODEL = "output/tiny-chatglm2"
@@ -24,7 +24,8 @@ def newest_checkpoint(model_dir: str, output_root: str = "output") -> str | None
 
 
 def load_tuned(model_dir: str, checkpoint: str | None, quantization_bit: int | None = None) -> tuple[ChatGLM2, ChatGLM2Tokenizer, str]:
-    """(model with the checkpoint's prefix, tokenizer, checkpoint path), fp16 on CUDA, fp32 on a CPU."""
+    """(model with the checkpoint's prefix or LoRA adapter, tokenizer, checkpoint path), fp16 on
+    CUDA, fp32 on a CPU."""
     checkpoint = checkpoint or newest_checkpoint(model_dir)
     if not checkpoint:
         raise ValueError("no checkpoint to compare with: pass --ptuning_checkpoint (none found under output/; "
@@ -32,6 +33,9 @@ def load_tuned(model_dir: str, checkpoint: str | None, quantization_bit: int | N
     if not os.path.isdir(model_dir):
         raise ValueError(f"{model_dir}: no such model folder (run `bash train.sh` first for the embedded model, "
                          "or pass --model_name_or_path)")
+    if checkpoint_kind(checkpoint) == "full":
+        raise ValueError(f"{checkpoint} is a whole fine-tuned model: the base-vs-tuned view needs a prefix or a "
+                         "LoRA adapter on the same weights; evaluate it with --model_name_or_path instead")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint, device=device,
                                      dtype=torch.float16 if device == "cuda" else torch.float32,

@@ -47,13 +47,13 @@ def test_streamed_text_grows_to_exactly_what_generate_gives(loaded):
 
 def test_side_by_side_interleaves_base_and_tuned(loaded):
     from glm2.generation import GenerationSettings, generate, side_by_side
-    from glm2.model import without_prefix
+    from glm2.model import base_only
 
     model, tok = loaded
     prompt = _prompts(tok, 1)[0]
     settings = GenerationSettings(max_new_tokens=20)
     tuned = tok.decode(generate(model, [prompt], settings, tok.eos_token_id, tok.pad_token_id)[0]).strip()
-    with without_prefix(model):
+    with base_only(model):
         base = tok.decode(generate(model, [prompt], settings, tok.eos_token_id, tok.pad_token_id)[0]).strip()
     assert base != tuned  # the prefix matters, so a mix-up would show
     pairs = list(side_by_side(model, tok, prompt, settings))

@@ -97,7 +97,7 @@ def test_wrong_prefix_length_is_a_clear_error(tiny_model, tmp_path):
         other.load_prefix(str(tmp_path))
 
 
-def test_without_prefix_the_whole_model_is_fine_tuned_and_saved(tiny_model, tmp_path):
+def test_base_only_the_whole_model_is_fine_tuned_and_saved(tiny_model, tmp_path):
     args = ["--do_train", "--train_file", TRAIN, "--model_name_or_path", tiny_model, "--output_dir", str(tmp_path),
             "--max_source_length", "64", "--max_target_length", "32", "--per_device_train_batch_size", "4",
             "--learning_rate", "1e-3", "--max_steps", "2", "--save_steps", "2", "--report_to", "none"]

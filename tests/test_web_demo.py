@@ -76,7 +76,7 @@ def _expected_answers(model_dir, checkpoint, prompt_text):
     """Greedy base and tuned answers from the library, as main.py's prediction gives them."""
     from cblue.features import prompt_ids
     from glm2.generation import GenerationSettings, generate
-    from glm2.model import ChatGLM2, without_prefix
+    from glm2.model import ChatGLM2, base_only
     from glm2.tokenizer import ChatGLM2Tokenizer
 
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
@@ -84,7 +84,7 @@ def _expected_answers(model_dir, checkpoint, prompt_text):
     ids = prompt_ids(tok, prompt_text, None, 700, "left")[0]
     settings = GenerationSettings(max_new_tokens=128)
     run = lambda: tok.decode(generate(model, [ids], settings, tok.eos_token_id, tok.pad_token_id)[0]).strip()
-    with without_prefix(model):
+    with base_only(model):
         base = run()
     return base, run()
 

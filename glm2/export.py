@@ -1,0 +1,166 @@
+"""Export a chatglm2 folder (optionally with a LoRA adapter merged in, or a full fine-tune) as a
+transformers-native folder that AutoModelForCausalLM, AutoTokenizer and vLLM load with no
+remote code: the layout of THUDM's glm-4-9b-chat-hf.
+
+    python -m glm2.export --model_name_or_path /path/to/chatglm2-6b --output_dir out/chatglm2-hf
+    python -m glm2.export --model_name_or_path output/tiny-chatglm2 \
+        --checkpoint output/tiny-chatglm2-lora-8-2e-3/checkpoint-1600 --output_dir out/tuned-hf
+
+Writes `config.json` (model_type glm), sharded `model*.safetensors`, `generation_config.json`,
+and a fast tokenizer (`tokenizer.json`, `tokenizer_config.json` with the ChatGLM2 chat template)
+giving exactly the original tokenizer's ids and prompt. A LoRA adapter is merged unless
+`--no_merge`, which writes the base and puts the adapter under `adapter/` for
+`PeftModel.from_pretrained`. A P-tuning prefix is not weights a model file can hold: export says
+so and writes the base model alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+
+import torch
+
+from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora
+from .model import ChatGLM2, checkpoint_kind
+from .tokenizer import SPECIAL_TOKENS, ChatGLM2Tokenizer
+
+logger = logging.getLogger(__name__)
+
+# ChatGLM2's prompt (glm2/tokenizer.build_prompt) as a chat template: `[gMASK]sop`, then each
+# exchange as `[Round i]\n\n问：…\n\n答：…\n\n`, the last one open.
+CHAT_TEMPLATE = (
+    "[gMASK]sop"
+    "{% set ns = namespace(round=0) %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{% set ns.round = ns.round + 1 %}"
+    "{{ '[Round ' ~ ns.round ~ ']\n\n问：' ~ message['content'] ~ '\n\n答：' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] ~ '\n\n' }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def fast_tokenizer(tokenizer: ChatGLM2Tokenizer):
+    """A PreTrainedTokenizerFast with the original's ids: the sentencepiece BPE model (byte
+    fallback, identity normalisation, a dummy prefix on each piece of text) as a `tokenizers`
+    BPE, as transformers converts Llama's, then the five ChatGLM2 specials after the
+    sentencepiece vocabulary ([MASK] [gMASK] [sMASK] sop eop, in that order)."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.tokenization_utils_base import generate_merges
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(tokenizer.model_file, "rb") as f:
+        proto.ParseFromString(f.read())
+    spec, norm = proto.trainer_spec, proto.normalizer_spec
+    if spec.model_type != sentencepiece_model_pb2.TrainerSpec.BPE or norm.name not in ("identity", ""):
+        raise ValueError(f"{tokenizer.model_file}: sentencepiece model type {spec.model_type}, normaliser "
+                         f"{norm.name!r}; export converts chatglm2's kind (BPE, identity)")
+    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+    # Merge order = the merged piece's score: what sentencepiece's BPE applies first.
+    scores = {p.piece: p.score for p in proto.pieces}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=generate_merges(vocab, scores), unk_token="<unk>",
+                                   fuse_unk=True, byte_fallback=spec.byte_fallback))
+    steps = [normalizers.Prepend("\u2581")] if norm.add_dummy_prefix else []
+    backend.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                        + ([decoders.Strip(" ", 1, 0)] if norm.add_dummy_prefix else []))
+    # unk and control pieces (<s>, </s>) written in the text: their own ids, the whitespace
+    # around them dropped (as the original's slow tokenizer, see ChatGLM2Tokenizer.encode_text).
+    control = [p.piece for p in proto.pieces if p.type in (2, 3)]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=True, rstrip=True)
+                                for t in control])
+    # single_word: `sop`/`eop` only as tokens of their own, never inside a word of the text.
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False, single_word=t in ("sop", "eop"))
+                                for t in SPECIAL_TOKENS])
+    for token, expected in tokenizer.special_ids.items():
+        if backend.token_to_id(token) != expected:
+            raise ValueError(f"{token} would get id {backend.token_to_id(token)}, the original has {expected}")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="</s>", pad_token="<unk>",
+        additional_special_tokens=list(SPECIAL_TOKENS), padding_side="left", chat_template=CHAT_TEMPLATE,
+        model_max_length=1 << 30,
+        # The original decodes with HF's clean_up_tokenization (" ?" -> "?", ...); transformers 5
+        # skips it for BPE unless told, and then the decoded answers would differ.
+        clean_up_tokenization_spaces=True, clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=True)
+
+
+def _portable_tokenizer_config(folder: str) -> None:
+    """tokenizer_config.json as transformers 4.x and serving engines read it too: the generic
+    fast-tokenizer class and the chat template inside (transformers 5 also reads the .jinja)."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE,
+               additional_special_tokens=list(SPECIAL_TOKENS))
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f, ensure_ascii=False, indent=2)
+
+
+def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge: bool = True,
+           dtype: torch.dtype | None = None, max_shard_size: str = "2GB") -> dict:
+    """Write the folder; return what was written (for the log and tests)."""
+    from transformers import GenerationConfig
+
+    kind = checkpoint_kind(checkpoint) if checkpoint else None
+    model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
+    tokenizer = ChatGLM2Tokenizer.from_pretrained(model_dir)
+    base = model.base
+    note = None
+    if kind == "prefix":
+        note = (f"{checkpoint} is a P-tuning prefix, which cannot be merged into the weights (it is extra "
+                "key/value vectors, not a weight update); writing the base model only")
+    elif kind == "lora" and merge:
+        merge_lora(base)
+    elif kind == "lora":
+        base = ChatGLM2.from_pretrained(model_dir).base  # the base alone; the adapter goes beside it
+    base.config.use_cache = True
+    if dtype is not None:
+        base.to(dtype)
+        base.config.dtype = dtype
+    tmp = output_dir.rstrip("/") + ".writing"  # renamed when complete: never a half-written folder
+    shutil.rmtree(tmp, ignore_errors=True)
+    base.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                     do_sample=False).save_pretrained(tmp)
+    fast_tokenizer(tokenizer).save_pretrained(tmp)
+    _portable_tokenizer_config(tmp)
+    if kind == "lora" and not merge:
+        os.makedirs(os.path.join(tmp, "adapter"))
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copyfile(os.path.join(checkpoint, name), os.path.join(tmp, "adapter", name))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.replace(tmp, output_dir)
+    return {"output_dir": output_dir, "checkpoint": checkpoint, "kind": kind,
+            "merged": kind in ("lora", "full") and (merge or kind == "full"), "note": note}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m glm2.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_name_or_path", required=True, help="a chatglm2 folder (original layout)")
+    ap.add_argument("--checkpoint", help="a LoRA adapter to merge, or a full fine-tune checkpoint (or a prefix: "
+                                         "refused politely, the base is written)")
+    ap.add_argument("--output_dir", required=True)
+    ap.add_argument("--no_merge", action="store_true", help="keep a LoRA adapter apart, under OUTPUT/adapter/")
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                    help="weights' dtype in the folder (default: as loaded, fp32)")
+    ap.add_argument("--max_shard_size", default="2GB")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = export(args.model_name_or_path, args.output_dir, args.checkpoint, not args.no_merge,
+                    getattr(torch, args.dtype) if args.dtype else None, args.max_shard_size)
+    if result["note"]:
+        print(f"glm2.export: {result['note']}", file=sys.stderr)
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    run_cli(main, "python -m glm2.export")

@@ -1,0 +1,179 @@
+"""LoRA adapters through PEFT, saved in PEFT's own format.
+
+The adapters are PEFT's LoRA layers injected into the model in place (the model stays a
+transformers GlmForCausalLM, so generation, checkpointing and quantization code see the same
+modules). A checkpoint is what `PeftModel.save_pretrained` writes for a GlmForCausalLM:
+`adapter_config.json` + `adapter_model.safetensors` with `base_model.model.`-prefixed keys, so
+`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(exported), ckpt)` loads it.
+
+Adapters trained elsewhere on the original chatglm2 code target its fused modules
+(`query_key_value`, `dense`, `dense_h_to_4h`, `dense_4h_to_h`, under `transformer.encoder.`).
+They import exactly: a fused LoRA B splits by rows into the q/k/v parts, which share its A
+(B_q A, B_k A, B_v A are the q/k/v rows of B A); the other three map one to one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora.layer import Linear as LoraLinear
+from safetensors.torch import load_file, save_file
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+OUR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
+ORIGINAL_TARGETS = {"query_key_value": ("q_proj", "k_proj", "v_proj"), "dense": ("o_proj",),
+                    "dense_h_to_4h": ("gate_up_proj",), "dense_4h_to_h": ("down_proj",)}
+_ORIGINAL_MODULE = {"self_attention.query_key_value": "self_attn.qkv", "self_attention.dense": "self_attn.o_proj",
+                    "mlp.dense_h_to_4h": "mlp.gate_up_proj", "mlp.dense_4h_to_h": "mlp.down_proj"}
+_ORIGINAL_KEY = re.compile(r"^(?:transformer\.)?encoder\.layers\.(\d+)\.(.+)\.(lora_[AB])\.weight$")
+
+
+def is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def target_modules(spec: str | None) -> list[str]:
+    """--lora_target: our module names or the original's, comma-separated; default every linear
+    layer of attention and MLP."""
+    if not spec or spec.strip() in ("all", "all-linear"):
+        return list(OUR_TARGETS)
+    out: list[str] = []
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+        mapped = ORIGINAL_TARGETS.get(name) or ((name,) if name in OUR_TARGETS else None)
+        if mapped is None:
+            raise ValueError(f"--lora_target {name!r} is not a linear layer of ChatGLM2; use any of "
+                             f"{', '.join(OUR_TARGETS)} or the original's {', '.join(ORIGINAL_TARGETS)}")
+        out.extend(m for m in mapped if m not in out)
+    return out
+
+
+def _lora_params(base):
+    return [(n, p) for n, p in base.named_parameters() if ".lora_" in n]
+
+
+def add_lora(base, rank: int, alpha: float, dropout: float, targets: list[str]) -> LoraConfig:
+    """Inject fresh adapters (A random, B zero: the model is unchanged until it trains). The
+    adapters are fp32 whatever the base's dtype; only they train."""
+    from .quantization import QuantizedLinear
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                        task_type="CAUSAL_LM")
+    # PEFT's Linear adapter only needs its base layer's forward and in/out features, which the
+    # quantized layer has: LoRA on an int8/int4 frozen base (QLoRA-style) is the same adapter.
+    config._register_custom_module({QuantizedLinear: LoraLinear})
+    with warnings.catch_warnings():  # PEFT warns about the custom layer it was just told about
+        warnings.filterwarnings("ignore", message="Unsupported layer type")
+        inject_adapter_in_model(config, base)
+    base.requires_grad_(False)
+    for _, p in _lora_params(base):
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return config
+
+
+def save_adapter(base, config: LoraConfig, out_dir: str, base_model_name_or_path: str | None = None) -> None:
+    """adapter_config.json + adapter_model.safetensors, as PeftModel.save_pretrained writes them."""
+    os.makedirs(out_dir, exist_ok=True)
+    state = {PEFT_PREFIX + n.replace(".default.", "."): p.detach().float().cpu().contiguous()
+             for n, p in _lora_params(base)}
+    save_file(state, os.path.join(out_dir, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    saved = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
+    saved.update(base_model_name_or_path=base_model_name_or_path, target_modules=sorted(config.target_modules),
+                 peft_type="LORA", task_type="CAUSAL_LM")
+    with open(os.path.join(out_dir, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(saved, f, indent=2, default=list)
+
+
+def read_adapter(ckpt_dir: str, glm_config) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter config, tensors under our module names without the PEFT prefix), whichever
+    naming the adapter was trained with."""
+    with open(os.path.join(ckpt_dir, ADAPTER_CONFIG), encoding="utf-8") as f:
+        cfg = json.load(f)
+    if cfg.get("peft_type", "LORA").upper() != "LORA":
+        raise ValueError(f"{ckpt_dir}: a {cfg.get('peft_type')} adapter; only LoRA adapters load here")
+    path = os.path.join(ckpt_dir, ADAPTER_WEIGHTS)
+    if os.path.isfile(path):
+        raw = load_file(path)
+    elif os.path.isfile(os.path.join(ckpt_dir, "adapter_model.bin")):
+        raw = torch.load(os.path.join(ckpt_dir, "adapter_model.bin"), map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"{ckpt_dir}: {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS} (an interrupted save?)")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        m = _ORIGINAL_KEY.match(name)
+        if not m:
+            tensors[name.replace(".default.", ".")] = tensor
+            continue
+        layer, module, ab = m.groups()
+        ours = _ORIGINAL_MODULE.get(module)
+        if ours is None:
+            raise ValueError(f"{ckpt_dir}: adapter tensor {key!r} targets {module!r}, not a linear layer of ChatGLM2")
+        prefix = f"model.layers.{layer}."
+        if ours != "self_attn.qkv":
+            tensors[f"{prefix}{ours}.{ab}.weight"] = tensor
+            continue
+        for part, piece in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(tensor, ab, glm_config)):
+            tensors[f"{prefix}self_attn.{part}.{ab}.weight"] = piece
+    targets = cfg.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    cfg["target_modules"] = target_modules(",".join(targets)) if targets else sorted(
+        {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
+    return cfg, tensors
+
+
+def _split_qkv(tensor: torch.Tensor, ab: str, glm_config) -> list[torch.Tensor]:
+    if ab == "lora_A":  # shared: every part sees the same down-projection
+        return [tensor.clone(), tensor.clone(), tensor.clone()]
+    q = glm_config.num_attention_heads * glm_config.head_dim
+    kv = glm_config.num_key_value_heads * glm_config.head_dim
+    return [t.contiguous() for t in torch.split(tensor, [q, kv, kv], dim=0)]
+
+
+def load_adapter(base, ckpt_dir: str) -> LoraConfig:
+    """Inject the adapter of `ckpt_dir` (ours, PEFT's, or the original code's) and load it."""
+    cfg, tensors = read_adapter(ckpt_dir, base.config)
+    config = add_lora(base, int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"])), float(cfg.get("lora_dropout", 0.0)),
+                      cfg["target_modules"])
+    if cfg.get("use_rslora"):
+        raise ValueError(f"{ckpt_dir}: rank-stabilised LoRA (use_rslora) is not supported")
+    set_adapter_weights(base, tensors, ckpt_dir)
+    return config
+
+
+def set_adapter_weights(base, tensors: dict[str, torch.Tensor], source: str) -> None:
+    params = dict(_lora_params(base))
+    expected = {n.replace(".default.", "."): n for n in params}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: the adapter does not fit the model: "
+                         f"{len(missing)} tensors missing (e.g. {missing[:1]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:1]})")
+    with torch.no_grad():
+        for short, full in expected.items():
+            p = params[full]
+            if tuple(tensors[short].shape) != tuple(p.shape):
+                raise ValueError(f"{source}: adapter tensor {short} has shape {tuple(tensors[short].shape)}, "
+                                 f"the model needs {tuple(p.shape)} (another model size or rank?)")
+            p.copy_(tensors[short].to(p.dtype))
+
+
+def merge_lora(base) -> None:
+    """Fold every adapter into its base weight (W + B A * scaling) and remove the adapter
+    layers: what export writes. A quantized base cannot take a merge."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    for name, module in list(base.named_modules()):
+        if isinstance(module, LoraLayer):
+            if not isinstance(module.get_base_layer(), torch.nn.Linear):
+                raise ValueError("a LoRA adapter on a quantized model cannot be merged; export from the "
+                                 "unquantized model")
+            module.merge(safe_merge=True)
+            parent_name, _, child = name.rpartition(".")
+            setattr(base.get_submodule(parent_name), child, module.get_base_layer())
