@@ -92,17 +92,26 @@ def save_adapter(base, config: LoraConfig, out_dir: str, base_model_name_or_path
 def read_adapter(ckpt_dir: str, glm_config) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter config, tensors under our module names without the PEFT prefix), whichever
     naming the adapter was trained with."""
-    with open(os.path.join(ckpt_dir, ADAPTER_CONFIG), encoding="utf-8") as f:
-        cfg = json.load(f)
-    if cfg.get("peft_type", "LORA").upper() != "LORA":
+    config_path = os.path.join(ckpt_dir, ADAPTER_CONFIG)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_path}: not a valid adapter config ({e}); a damaged or half-written file?")
+    if not isinstance(cfg, dict) or "r" not in cfg:
+        raise ValueError(f"{config_path}: no LoRA rank 'r' in it; not a PEFT LoRA adapter config")
+    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
         raise ValueError(f"{ckpt_dir}: a {cfg.get('peft_type')} adapter; only LoRA adapters load here")
     path = os.path.join(ckpt_dir, ADAPTER_WEIGHTS)
-    if os.path.isfile(path):
-        raw = load_file(path)
-    elif os.path.isfile(os.path.join(ckpt_dir, "adapter_model.bin")):
-        raw = torch.load(os.path.join(ckpt_dir, "adapter_model.bin"), map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"{ckpt_dir}: {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS} (an interrupted save?)")
+    if not os.path.isfile(path):
+        path = os.path.join(ckpt_dir, "adapter_model.bin")  # what older PEFT versions wrote
+        if not os.path.isfile(path):
+            raise ValueError(f"{ckpt_dir}: {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS} (an interrupted save?)")
+    try:
+        raw = load_file(path) if path.endswith(".safetensors") else \
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and torch raise their own types for a damaged file
+        raise ValueError(f"{path}: damaged adapter weights, cannot be read ({type(e).__name__}: {e})")
     tensors: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
         name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key

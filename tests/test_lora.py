@@ -113,8 +113,8 @@ def test_qlora_trains_adapters_on_an_int4_base(tiny_model, tmp_path):
 
 
 def test_bf16_lora_keeps_fp32_adapters(tiny_model, tmp_path):
-    run_main(lora_args(tiny_model, tmp_path, "--bf16", "--max_steps", "3", "--save_steps", "3",
-                       "--overwrite_output_dir"))
+    run_main(lora_args(tiny_model, tmp_path, "--bf16", "--gradient_checkpointing", "--max_steps", "3",
+                       "--save_steps", "3", "--overwrite_output_dir"))
     curve = losses(tmp_path)
     assert all(torch.isfinite(torch.tensor(v)) for v in curve.values())
     state = load_file(tmp_path / "checkpoint-3" / "adapter_model.safetensors")
@@ -191,3 +191,23 @@ def test_an_adapter_trained_on_the_original_code_imports_exactly(tiny_model, tmp
         got = imported(input_ids=ids).logits
     assert (got - want).abs().max() < 1e-4
     assert (want - base.eval()(input_ids=ids).logits).abs().max() > 1e-2  # the adapter matters
+
+
+@pytest.mark.parametrize("damage", ["config_json", "config_no_rank", "weights_truncated", "weights_missing"])
+def test_a_damaged_adapter_is_named_in_one_line(tiny_model, tmp_path, damage):
+    ckpt = tmp_path / "adapter"
+    _fused_adapter(tiny_model, str(ckpt))
+    if damage == "config_json":
+        (ckpt / "adapter_config.json").write_text('{"r": 4, "lora_alpha"')
+    elif damage == "config_no_rank":
+        (ckpt / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    elif damage == "weights_truncated":
+        data = (ckpt / "adapter_model.safetensors").read_bytes()
+        (ckpt / "adapter_model.safetensors").write_bytes(data[:len(data) // 2])
+    else:
+        os.remove(ckpt / "adapter_model.safetensors")
+    proc = run_main(["--do_predict", "--test_file", DEV, "--model_name_or_path", tiny_model, "--ptuning_checkpoint",
+                     str(ckpt), "--output_dir", str(tmp_path / "out"), "--report_to", "none"], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("main.py: error:")]
+    assert len(lines) == 1 and str(ckpt) in lines[0] and "Traceback" not in proc.stderr
