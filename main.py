@@ -26,7 +26,7 @@ from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2, base_only
 from glm2.progress import Progress
 from glm2.tokenizer import ChatGLM2Tokenizer
-from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, last_complete_checkpoint
+from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ShardingReport, last_complete_checkpoint
 
 logger = logging.getLogger("main")
 
@@ -117,7 +117,8 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
         checkpoint = last_complete_checkpoint(training_args.output_dir)
         if checkpoint:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start afresh)", checkpoint)
-    if training_args.device.type == "cuda":
+    fsdp_checkpoints = bool((training_args.fsdp_config or {}).get("activation_checkpointing"))
+    if training_args.device.type == "cuda" and not fsdp_checkpoints:
         # The original always checkpoints on a GPU; it is what fits 6B on 32 GB. The Trainer then
         # calls model.activation_checkpointing_enable() (--gradient_checkpointing is its old name).
         training_args.activation_checkpointing = training_args.gradient_checkpointing = True
@@ -128,8 +129,9 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False
 
+    callbacks = [LossCurveCallback()] + ([ShardingReport()] if training_args.fsdp else [])
     trainer = PrefixTrainer(model=model, args=training_args, train_dataset=train_ds,
-                            data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[LossCurveCallback()])
+                            data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics, train_samples=len(train_ds), **{f"train_{k}": v for k, v in stats.items()},
                    **peak_gpu_memory("train"))

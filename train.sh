@@ -7,19 +7,35 @@
 #   bash train.sh                                        # no MODEL: the embedded tiny model, on CPU
 #   bash train.sh --max_steps 50 --learning_rate 1e-2   # any main.py flag overrides the defaults
 #   LORA_RANK=8 bash train.sh  (or METHOD=lora)          # LoRA adapters (PEFT) instead of a prefix
+#   METHOD=full ENGINE=fsdp NUM_GPUS=4 bash train.sh     # full fine-tuning, sharded (FSDP2 or DeepSpeed)
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash train.sh   # on each node (NODE_RANK 0, 1)
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
 
-NUM_GPUS=${NUM_GPUS:-1}
+NUM_GPUS=${NUM_GPUS:-1}  # processes on this node
+NNODES=${NNODES:-1}
 LAUNCH=(python3 main.py)  # one process: plain python, so an error is main.py's one line
-[ "$NUM_GPUS" -gt 1 ] && LAUNCH=(torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py)
+if [ "$NNODES" -gt 1 ]; then  # run this on every node, NODE_RANK 0..NNODES-1, MASTER_ADDR = node 0
+  LAUNCH=(torchrun --nnodes="$NNODES" --node_rank="${NODE_RANK:?set NODE_RANK (0 on the master node)}"
+          --nproc-per-node="$NUM_GPUS" --master_addr="${MASTER_ADDR:?set MASTER_ADDR (node 0)}"
+          --master_port="${MASTER_PORT:-29500}" main.py)
+elif [ "$NUM_GPUS" -gt 1 ]; then
+  LAUNCH=(torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py)
+fi
 DATA=${DATA:-PromptCBLUE}
 METHOD=${METHOD:-$([ -n "${LORA_RANK:-}" ] && echo lora || echo ptuning)}
 case "$METHOD" in
   ptuning) PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}; TUNE=(--pre_seq_len "$PRE_SEQ_LEN"); TAG=pt-$PRE_SEQ_LEN ;;
   lora) LORA_RANK=${LORA_RANK:-8}; TUNE=(--lora_rank "$LORA_RANK"); TAG=lora-$LORA_RANK ;;
-  *) echo "train.sh: METHOD must be ptuning or lora, not '$METHOD'" >&2; exit 2 ;;
+  full)  # the whole model trains, sharded: ENGINE=fsdp (default) or deepspeed (ZERO_STAGE 2|3, CUDA only)
+    case "${ENGINE:-fsdp}" in
+      fsdp) TUNE=(--fsdp "full_shard auto_wrap" --fsdp_config configs/fsdp.json); TAG=full-fsdp ;;
+      deepspeed) TUNE=(--deepspeed "configs/ds_zero${ZERO_STAGE:-3}.json"); TAG=full-zero${ZERO_STAGE:-3} ;;
+      none) TUNE=(); TAG=full ;;
+      *) echo "train.sh: ENGINE must be fsdp, deepspeed or none, not '$ENGINE'" >&2; exit 2 ;;
+    esac ;;
+  *) echo "train.sh: METHOD must be ptuning, lora or full, not '$METHOD'" >&2; exit 2 ;;
 esac
 
 if [ -z "${MODEL:-}" ]; then
@@ -27,14 +43,14 @@ if [ -z "${MODEL:-}" ]; then
   # Random weights, then a short causal-LM pre-training on the texts (cached once built).
   MODEL=$(python -m glm2.tiny --train_file "$DATA/train.json" --out output/tiny-chatglm2 \
             --pretrain_steps ${PRETRAIN_STEPS:-600} | tail -n 1)
-  [ "$METHOD" = lora ] && LR=${LR:-2e-3} || LR=${LR:-3e-2}
+  case "$METHOD" in lora) LR=${LR:-2e-3} ;; full) LR=${LR:-5e-4} ;; *) LR=${LR:-3e-2} ;; esac
   RUN=${RUN:-tiny-chatglm2-$TAG-$LR}
   DEFAULTS=(--max_source_length 128 --max_target_length 64 --per_device_train_batch_size 8
             --gradient_accumulation_steps 1 --max_steps ${MAX_STEPS:-1600} --logging_steps 20 --save_steps 400
             --dataloader_num_workers 0)
   echo "train.sh: no MODEL given; tuning ($METHOD) the embedded tiny ChatGLM2 in $MODEL on $DATA/train.json (CPU)."
 else
-  [ "$METHOD" = lora ] && LR=${LR:-2e-4} || LR=${LR:-2e-2}
+  case "$METHOD" in lora) LR=${LR:-2e-4} ;; full) LR=${LR:-1e-4} ;; *) LR=${LR:-2e-2} ;; esac
   RUN=${RUN:-promptcblue-chatglm2-6b-$TAG-$LR}
   DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196}
             --per_device_train_batch_size ${BATCH_SIZE:-1} --gradient_accumulation_steps ${GRAD_ACCUM:-16}

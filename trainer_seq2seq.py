@@ -33,13 +33,48 @@ class PrefixTrainer(Trainer):
             return
         output_dir = output_dir or self.args.output_dir
         model = _unwrap(self.model)
-        model.save_checkpoint(output_dir)
+        model.save_checkpoint(output_dir, state_dict=None if model.is_tuned else state_dict)
         what = ("the LoRA adapter" if model.lora_config is not None else
                 "the prefix" if model.prefix_encoder is not None else "the model")
         logger.info("Saved %s to %s", what, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled:  # the engine's own sharded files, read by every rank
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         _unwrap(model or self.model).load_checkpoint(resume_from_checkpoint)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+            enable_fsdp_on_cpu(self)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            # The engine wrote its shards (resume reads them); next to them, the whole model
+            # gathered from the shards as a chatglm2 folder that every tool loads.
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.args.should_save:
+                _unwrap(self.model).save_checkpoint(output_dir or self.args.output_dir, state_dict=state)
+
+
+def enable_fsdp_on_cpu(trainer) -> None:
+    """accelerate applies FSDP only on accelerators: on CPU processes (gloo) it silently falls
+    back to plain DDP, every process holding everything. FSDP2 itself runs on CPU, so set the
+    accelerator state to FSDP as accelerate does on GPUs; then the same code path that shards
+    a 6B model over GPUs is what CPU tests and CI run."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP on CPU processes needs FSDP2: add \"version\": 2 to --fsdp_config "
+                         "(FSDP1 only runs on GPUs)")
+    state = trainer.accelerator.state
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    trainer.is_fsdp_enabled = True
 
 
 def is_complete_checkpoint(path: str) -> bool:
@@ -110,3 +145,22 @@ class PadCollator:
             labels[i, :len(f["labels"])] = torch.tensor(f["labels"])
         return {"input_ids": ids, "labels": labels}
 
+
+
+class ShardingReport(TrainerCallback):
+    """Says, once the first optimizer step has made the optimizer state, how much of the model
+    and of that state each process holds: the evidence that sharding happens (with plain DDP
+    every process would hold 100%)."""
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if state.global_step != 1 or model is None:
+            return
+        local = lambda t: t.to_local() if hasattr(t, "to_local") else t
+        full = sum(p.numel() for p in model.parameters())
+        held = sum(local(p).numel() for p in model.parameters())
+        opt = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+        opt_held = sum(local(v).numel() for s in (opt.state.values() if opt else []) for v in s.values()
+                       if torch.is_tensor(v) and v.dim() > 0)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        print(f"sharding: rank {rank} holds {held / 1e6:.2f}M of {full / 1e6:.2f}M parameters "
+              f"({100 * held / full:.0f}%) and {opt_held / 1e6:.2f}M optimizer-state values", flush=True)

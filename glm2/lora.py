@@ -19,8 +19,6 @@ import re
 import warnings
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import load_file, save_file
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -56,9 +54,12 @@ def _lora_params(base):
     return [(n, p) for n, p in base.named_parameters() if ".lora_" in n]
 
 
-def add_lora(base, rank: int, alpha: float, dropout: float, targets: list[str]) -> LoraConfig:
+def add_lora(base, rank: int, alpha: float, dropout: float, targets: list[str]):
     """Inject fresh adapters (A random, B zero: the model is unchanged until it trains). The
     adapters are fp32 whatever the base's dtype; only they train."""
+    from peft import LoraConfig, inject_adapter_in_model  # imported here: peft takes seconds to import
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
     from .quantization import QuantizedLinear
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
@@ -76,7 +77,7 @@ def add_lora(base, rank: int, alpha: float, dropout: float, targets: list[str]) 
     return config
 
 
-def save_adapter(base, config: LoraConfig, out_dir: str, base_model_name_or_path: str | None = None) -> None:
+def save_adapter(base, config, out_dir: str, base_model_name_or_path: str | None = None) -> None:
     """adapter_config.json + adapter_model.safetensors, as PeftModel.save_pretrained writes them."""
     os.makedirs(out_dir, exist_ok=True)
     state = {PEFT_PREFIX + n.replace(".default.", "."): p.detach().float().cpu().contiguous()
@@ -144,7 +145,7 @@ def _split_qkv(tensor: torch.Tensor, ab: str, glm_config) -> list[torch.Tensor]:
     return [t.contiguous() for t in torch.split(tensor, [q, kv, kv], dim=0)]
 
 
-def load_adapter(base, ckpt_dir: str) -> LoraConfig:
+def load_adapter(base, ckpt_dir: str):
     """Inject the adapter of `ckpt_dir` (ours, PEFT's, or the original code's) and load it."""
     cfg, tensors = read_adapter(ckpt_dir, base.config)
     config = add_lora(base, int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"])), float(cfg.get("lora_dropout", 0.0)),

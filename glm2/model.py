@@ -34,6 +34,7 @@ class ChatGLM2(nn.Module):
     """The model main.py trains and evaluates: `base` (frozen) + optional `prefix_encoder`."""
 
     main_input_name = "input_ids"
+    _no_split_modules = ["GlmDecoderLayer"]  # FSDP's wrap unit under --fsdp "full_shard auto_wrap"
 
     def __init__(self, base: GlmForCausalLM, prefix_encoder: PrefixEncoder | None, model_dir: str | None = None):
         super().__init__()
@@ -169,14 +170,18 @@ class ChatGLM2(nn.Module):
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, ckpt_dir: str) -> None:
+    def save_checkpoint(self, ckpt_dir: str, state_dict: dict | None = None) -> None:
         """The prefix alone; or the LoRA adapter in PEFT's format; without either (full
-        fine-tuning) the whole model, original layout."""
+        fine-tuning) the whole model, original layout. `state_dict` (this module's names) is the
+        full model gathered from FSDP or DeepSpeed shards, when the weights here are only a part."""
         if self.lora_config is not None:
             return save_adapter(self.base, self.lora_config, ckpt_dir, self.model_dir)
         if self.prefix_encoder is not None:
             return self.save_prefix(ckpt_dir)
-        save_chatglm(self.base, ckpt_dir)
+        base_state = None
+        if state_dict is not None:
+            base_state = {k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}
+        save_chatglm(self.base, ckpt_dir, state_dict=base_state)
         for name in ("tokenizer.model", "tokenizer_config.json"):
             if self.model_dir and os.path.exists(os.path.join(self.model_dir, name)):
                 shutil.copyfile(os.path.join(self.model_dir, name), os.path.join(ckpt_dir, name))

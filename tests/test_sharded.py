@@ -1,0 +1,115 @@
+"""Full fine-tuning sharded with FSDP2 over two gloo processes (the engine the Trainer drives on
+GPUs), exact resume from the engine's sharded files, the gathered chatglm2 folder, and a
+two-"node" torchrun on 127.0.0.1."""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_main
+
+TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
+DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
+FSDP = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", os.path.join(ROOT, "configs", "fsdp.json")]
+
+
+def full_args(model, out, batch, *extra):
+    return ["--do_train", "--train_file", TRAIN, "--model_name_or_path", model, "--output_dir", str(out),
+            "--max_source_length", "96", "--max_target_length", "48", "--per_device_train_batch_size", str(batch),
+            "--learning_rate", "5e-4", "--logging_steps", "1", "--seed", "7", "--report_to", "none",
+            "--dataloader_num_workers", "0", *extra]
+
+
+def losses(out_dir):
+    with open(os.path.join(out_dir, "trainer_state.json")) as f:
+        return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tiny_model, tmp_path_factory):
+    """Two processes, 2 rows each, 4 steps, a checkpoint every 2."""
+    out = tmp_path_factory.mktemp("fsdp")
+    proc = run_main(full_args(tiny_model, out, 2, "--max_steps", "4", "--save_steps", "2", "--overwrite_output_dir",
+                              *FSDP), torchrun=2)
+    return out, proc
+
+
+def test_fsdp_shards_parameters_and_optimizer_state(fsdp_run, tiny_model):
+    _, proc = fsdp_run
+    reports = re.findall(r"sharding: rank (\d) holds ([\d.]+)M of ([\d.]+)M parameters \((\d+)%\) and "
+                         r"([\d.]+)M optimizer-state values", proc.stdout)
+    assert sorted(r[0] for r in reports) == ["0", "1"]
+    for _, held, full, percent, opt in reports:
+        assert float(held) == pytest.approx(float(full) / 2, rel=0.02)  # half the model each
+        assert float(opt) == pytest.approx(2 * float(held), rel=0.02)  # Adam's two moments, of its half only
+
+
+def test_fsdp_learns_like_one_process_with_the_same_global_batch(fsdp_run, tiny_model, tmp_path):
+    out, _ = fsdp_run
+    run_main(full_args(tiny_model, tmp_path, 4, "--max_steps", "4", "--save_steps", "4", "--overwrite_output_dir"))
+    one, two = losses(tmp_path), losses(out)
+    assert two == pytest.approx(one, rel=1e-4)
+    assert len(set(round(v, 3) for v in two.values())) > 1  # it trains
+
+
+def test_fsdp_checkpoint_holds_engine_shards_and_a_gathered_chatglm2_folder(fsdp_run, tiny_model, tmp_path):
+    out, _ = fsdp_run
+    ckpt = out / "checkpoint-4"
+    names = set(os.listdir(ckpt))
+    assert {"pytorch_model_fsdp_0", "optimizer_0", "pytorch_model.bin", "config.json", "tokenizer.model"} <= names
+    assert len([f for f in os.listdir(ckpt / "optimizer_0") if f.endswith(".distcp")]) == 2  # one shard per rank
+    gathered = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
+    original = torch.load(os.path.join(tiny_model, "pytorch_model.bin"), weights_only=True)
+    assert set(gathered) == set(original)
+    assert all(gathered[k].shape == original[k].shape for k in original)  # whole tensors, not shards
+    assert any(not torch.equal(gathered[k], original[k]) for k in original if k.endswith("weight"))
+    # It is a chatglm2 folder: a model of its own, and a checkpoint evaluation recognises.
+    run_main(["--do_predict", "--test_file", DEV, "--model_name_or_path", str(ckpt), "--output_dir",
+              str(tmp_path / "a"), "--max_source_length", "96", "--max_target_length", "8", "--max_predict_samples",
+              "18", "--report_to", "none"])
+    run_main(["--do_predict", "--test_file", DEV, "--model_name_or_path", tiny_model, "--ptuning_checkpoint",
+              str(ckpt), "--output_dir", str(tmp_path / "b"), "--max_source_length", "96", "--max_target_length", "8",
+              "--max_predict_samples", "18", "--report_to", "none"])
+    assert (tmp_path / "a" / "generated_predictions.txt").read_text() == \
+        (tmp_path / "b" / "generated_predictions.txt").read_text()
+
+
+def test_fsdp_resume_continues_exactly(fsdp_run, tiny_model, tmp_path):
+    out, _ = fsdp_run
+    shutil.copytree(out / "checkpoint-2", tmp_path / "checkpoint-2")
+    proc = run_main(full_args(tiny_model, tmp_path, 2, "--max_steps", "4", "--save_steps", "2", *FSDP), torchrun=2)
+    assert "Resuming from" in proc.stdout + proc.stderr
+    a, b = losses(out), losses(tmp_path)
+    for step in (3, 4):
+        assert b[step] == pytest.approx(a[step], abs=1e-6)
+    end_a = torch.load(out / "checkpoint-4" / "pytorch_model.bin", weights_only=True)
+    end_b = torch.load(tmp_path / "checkpoint-4" / "pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(end_a[k], end_b[k]) for k in end_a)
+
+
+def test_two_nodes_on_one_machine_train_one_run(tiny_model, tmp_path):
+    """train.sh with NNODES=2 on two launchers, one process each, rendezvous on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, NNODES="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MODEL=tiny_model,
+               PRE_SEQ_LEN="8", TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    extra = ["--max_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--max_source_length", "96",
+             "--max_target_length", "48", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
+             "1", "--output_dir", str(tmp_path / "run"), "--report_to", "none", "--preprocessing_num_workers", "1"]
+    nodes = [subprocess.Popen(["bash", "train.sh", *extra], cwd=ROOT, env=dict(env, NODE_RANK=str(rank)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+    state = json.load(open(tmp_path / "run" / "trainer_state.json"))
+    n = sum(1 for _ in open(TRAIN, encoding="utf-8"))
+    assert state["global_step"] == 3
+    assert state["log_history"][-1]["epoch"] == pytest.approx(3 * 2 * 2 / n, abs=1e-4)  # two processes' rows
+    assert os.path.isfile(tmp_path / "run" / "checkpoint-3" / "pytorch_model.bin")
+    assert sum("Checkpoints (prefix only) are in" in o for o in outputs) == 1  # written once, by node 0
