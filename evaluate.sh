@@ -8,6 +8,7 @@
 #   TEST_FILE=PromptCBLUE/test.json bash evaluate.sh   # predict the test set (no targets: no scores)
 #   COMPARE_BASE=1 bash evaluate.sh                    # also the base model without prefix, side by side
 #   METHOD=lora bash evaluate.sh                       # the run `LORA_RANK=8 bash train.sh` made
+#   METHOD=full bash evaluate.sh                       # the run `METHOD=full bash train.sh` made
 # CHECKPOINT names a run under output/ (any kind: prefix, LoRA adapter, full model; recognised by its files).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,17 +20,22 @@ LAUNCH=(python3 main.py)  # one process: plain python, so an error is main.py's 
 DATA=${DATA:-PromptCBLUE}
 TEST_FILE=${TEST_FILE:-$DATA/dev.json}
 METHOD=${METHOD:-$([ -n "${LORA_RANK:-}" ] && echo lora || echo ptuning)}
-[ "$METHOD" = lora ] && TAG=lora-${LORA_RANK:-8} || TAG=pt-${PRE_SEQ_LEN:-128}
+case "$METHOD" in  # the run name train.sh gave (or set CHECKPOINT)
+  lora) TAG=lora-${LORA_RANK:-8} ;;
+  full) [ "${ENGINE:-fsdp}" = deepspeed ] && TAG=full-zero${ZERO_STAGE:-3} || TAG=full-${ENGINE:-fsdp}
+        [ "$TAG" = full-none ] && TAG=full ;;
+  *) TAG=pt-${PRE_SEQ_LEN:-128} ;;
+esac
 
 if [ -z "${MODEL:-}" ]; then
   MODEL=output/tiny-chatglm2
   [ -f "$MODEL/config.json" ] || { echo "evaluate.sh: no MODEL given and $MODEL is not built; run 'bash train.sh' first." >&2; exit 1; }
-  [ "$METHOD" = lora ] && LR=${LR:-2e-3} || LR=${LR:-3e-2}
+  case "$METHOD" in lora) LR=${LR:-2e-3} ;; full) LR=${LR:-5e-4} ;; *) LR=${LR:-3e-2} ;; esac
   CHECKPOINT=${CHECKPOINT:-tiny-chatglm2-$TAG-$LR}
   BATCH=${BATCH:-16}
   DEFAULTS=(--max_source_length 128 --max_target_length 64)
 else
-  [ "$METHOD" = lora ] && LR=${LR:-2e-4} || LR=${LR:-2e-2}
+  case "$METHOD" in lora) LR=${LR:-2e-4} ;; full) LR=${LR:-1e-4} ;; *) LR=${LR:-2e-2} ;; esac
   CHECKPOINT=${CHECKPOINT:-promptcblue-chatglm2-6b-$TAG-$LR}
   BATCH=${BATCH:-16}
   DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196})

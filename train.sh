@@ -30,7 +30,10 @@ case "$METHOD" in
   lora) LORA_RANK=${LORA_RANK:-8}; TUNE=(--lora_rank "$LORA_RANK"); TAG=lora-$LORA_RANK ;;
   full)  # the whole model trains, sharded: ENGINE=fsdp (default) or deepspeed (ZERO_STAGE 2|3, CUDA only)
     case "${ENGINE:-fsdp}" in
-      fsdp) TUNE=(--fsdp "full_shard auto_wrap" --fsdp_config configs/fsdp.json); TAG=full-fsdp ;;
+      fsdp) TAG=full-fsdp; TUNE=(--fsdp "full_shard auto_wrap" --fsdp_config configs/fsdp.json)
+            if [ "$((NUM_GPUS * NNODES))" -eq 1 ]; then  # one process has nothing to shard
+              echo "train.sh: METHOD=full with one process: unsharded (NUM_GPUS > 1 shards with FSDP)" >&2; TUNE=()
+            fi ;;
       deepspeed) TUNE=(--deepspeed "configs/ds_zero${ZERO_STAGE:-3}.json"); TAG=full-zero${ZERO_STAGE:-3} ;;
       none) TUNE=(); TAG=full ;;
       *) echo "train.sh: ENGINE must be fsdp, deepspeed or none, not '$ENGINE'" >&2; exit 2 ;;

@@ -45,7 +45,7 @@ class PrefixTrainer(Trainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
-        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled and self.args.world_size > 1:
             enable_fsdp_on_cpu(self)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -8,9 +8,10 @@
 # (half-precision P-tuning with checkpointing, memory steady across steps, generation equal
 # across batch sizes and compiled, int8/int4 on the device) -> a random checkpoint in the
 # original file layout -> the user's own train.sh command line for a few steps -> a prediction
-# with the checkpoint it wrote -> bench/gpu_bench.py. Results land in $OUT (default
-# output/gpu_check): environment.json, cuda_tests.xml, train_results.json, predict_results.json,
-# gpu_bench.json, log.txt.
+# with the checkpoint it wrote -> LoRA and QLoRA for a few steps -> DeepSpeed ZeRO-2 full
+# fine-tuning on the tiny shape (when deepspeed imports) -> bench/gpu_bench.py. Results land in
+# $OUT (default output/gpu_check): environment.json, cuda_tests.xml, train_results*.json,
+# predict_results.json, gpu_bench.json, log.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -71,6 +72,33 @@ $PY main.py --do_predict --test_file "$WORK/predict.json" --model_name_or_path "
   --max_source_length 700 --max_target_length 196 --per_device_eval_batch_size 32 --predict_with_generate \
   --report_to none
 cp "$RUN/predict/predict_results.json" "$OUT/predict_results.json"
+
+step "LoRA (rank 8, all linear layers) and QLoRA (int4 base): $STEPS steps each, batch 4, source 700"
+for BITS in 16 4; do
+  QUANT=(); [ "$BITS" = 4 ] && QUANT=(--quantization_bit 4)
+  $PY main.py --do_train --train_file PromptCBLUE/train.json --model_name_or_path "$MODEL" \
+    --output_dir "$RUN-lora-$BITS" --overwrite_output_dir --max_source_length 700 --max_target_length 196 \
+    --per_device_train_batch_size 4 --max_steps "$STEPS" --logging_steps 1 --save_steps "$STEPS" \
+    --learning_rate 2e-4 --lora_rank 8 "${QUANT[@]}" --report_to none
+  cp "$RUN-lora-$BITS/train_results.json" "$OUT/train_results_lora_$BITS.json"
+done
+
+step "DeepSpeed ZeRO-2 full fine-tuning (tiny shape, one process: the engine's path, not its scale)"
+if [ "$DRY" = 0 ] && $PY -c "import deepspeed" 2>/dev/null; then
+  TINY=$WORK/chatglm2-tiny-random
+  [ -f "$TINY/config.json" ] || $PY bench/make_random_chatglm2.py --shape tiny --out "$TINY"
+  if $PY -m torch.distributed.run --standalone --nproc-per-node 1 main.py --do_train \
+      --train_file PromptCBLUE/train.json --model_name_or_path "$TINY" --output_dir "$RUN-zero2" \
+      --overwrite_output_dir --max_source_length 128 --max_target_length 64 --per_device_train_batch_size 4 \
+      --max_steps 4 --save_steps 4 --logging_steps 1 --learning_rate 1e-4 --bf16 \
+      --deepspeed configs/ds_zero2.json --report_to none; then
+    cp "$RUN-zero2/train_results.json" "$OUT/train_results_zero2.json"
+  else  # recorded, not fatal: the rest of the check still runs
+    echo '{"failed": "see log.txt"}' | tee "$OUT/train_results_zero2.json"
+  fi
+else
+  echo '{"skipped": "deepspeed not importable (or --dry-run: it needs CUDA)"}' | tee "$OUT/train_results_zero2.json"
+fi
 
 step "bench/gpu_bench.py ${BENCH[*]}"
 (cd bench && $PY gpu_bench.py "${BENCH[@]}") | tee "$OUT/gpu_bench.json"

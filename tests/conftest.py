@@ -46,3 +46,11 @@ def run_main(args, cwd=ROOT, env=None, check=True, torchrun=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"main.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def logged_losses(out_dir) -> dict:
+    """{step: training loss} from a run's trainer_state.json."""
+    import json
+
+    with open(os.path.join(out_dir, "trainer_state.json")) as f:
+        return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}

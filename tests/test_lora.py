@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, run_main
+from conftest import ROOT, logged_losses as losses, run_main
 from glm2.checkpoint import load_glm, read_config, save_chatglm
 from glm2.convert import glm_to_chatglm
 from glm2.model import ChatGLM2, base_only
@@ -22,11 +22,6 @@ def lora_args(model, out, *extra):
             "--max_source_length", "96", "--max_target_length", "48", "--per_device_train_batch_size", "4",
             "--learning_rate", "5e-3", "--lora_rank", "4", "--logging_steps", "1", "--seed", "7",
             "--report_to", "none", "--dataloader_num_workers", "0", *extra]
-
-
-def losses(out_dir):
-    with open(os.path.join(out_dir, "trainer_state.json")) as f:
-        return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
 
 
 def test_lora_learns_and_saves_a_peft_adapter(tiny_model, tmp_path):

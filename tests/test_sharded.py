@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_main
+from conftest import ROOT, logged_losses as losses, run_main
 
 TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
@@ -24,11 +24,6 @@ def full_args(model, out, batch, *extra):
             "--max_source_length", "96", "--max_target_length", "48", "--per_device_train_batch_size", str(batch),
             "--learning_rate", "5e-4", "--logging_steps", "1", "--seed", "7", "--report_to", "none",
             "--dataloader_num_workers", "0", *extra]
-
-
-def losses(out_dir):
-    with open(os.path.join(out_dir, "trainer_state.json")) as f:
-        return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +73,20 @@ def test_fsdp_checkpoint_holds_engine_shards_and_a_gathered_chatglm2_folder(fsdp
               "--max_predict_samples", "18", "--report_to", "none"])
     assert (tmp_path / "a" / "generated_predictions.txt").read_text() == \
         (tmp_path / "b" / "generated_predictions.txt").read_text()
+    # and the export tool takes it as it takes any chatglm2 folder
+    export = subprocess.run([sys.executable, "-m", "glm2.export", "--model_name_or_path", str(ckpt), "--output_dir",
+                             str(tmp_path / "hf")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert json.load(open(tmp_path / "hf" / "config.json"))["model_type"] == "glm"
+
+
+def test_fsdp_with_bf16_and_activation_checkpointing(tiny_model, tmp_path):
+    proc = run_main(full_args(tiny_model, tmp_path, 2, "--max_steps", "3", "--save_steps", "3", "--bf16",
+                              "--gradient_checkpointing", "--overwrite_output_dir", *FSDP), torchrun=2)
+    assert "(50%)" in proc.stdout
+    curve = losses(tmp_path)
+    assert len(curve) == 3 and all(torch.isfinite(torch.tensor(v)) for v in curve.values())
+    assert curve[3] < curve[1]
 
 
 def test_fsdp_resume_continues_exactly(fsdp_run, tiny_model, tmp_path):

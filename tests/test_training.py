@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import GOLDEN, ROOT, needs_golden, run_main
+from conftest import GOLDEN, ROOT, logged_losses as losses, needs_golden, run_main
 from glm2.model import ChatGLM2
 from glm2.prefix import CHECKPOINT_PREFIX
 
@@ -18,11 +18,6 @@ def train_args(model, out, *extra):
             "--max_source_length", "96", "--max_target_length", "48", "--per_device_train_batch_size", "4",
             "--learning_rate", "3e-2", "--pre_seq_len", "8", "--logging_steps", "1", "--seed", "7",
             "--report_to", "none", "--dataloader_num_workers", "0", *extra]
-
-
-def losses(out_dir):
-    with open(os.path.join(out_dir, "trainer_state.json")) as f:
-        return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
 
 
 def test_loss_falls_when_overfitting(tiny_model, tmp_path):
