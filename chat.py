@@ -33,8 +33,14 @@ def parse_prompt(line: str) -> str:
 
 def prompts(args):
     if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            yield from (parse_prompt(l) for l in f if l.strip())
+        with open(args.file, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"{args.file}:{lineno}: not UTF-8 text; save the prompts file as UTF-8") from None
+                if line.strip():
+                    yield parse_prompt(line.rstrip("\r\n"))
         return
     interactive = sys.stdin.isatty()
     while True:

@@ -42,7 +42,7 @@ def main():
         return prompt_ids(tokenizer, text, None, args.max_source_length, "left")[0]
 
     app = build_app(model, tokenizer, examples, encode, score_one,
-                    title=f"PromptCBLUE: {args.model_name_or_path} vs + {checkpoint}")
+                    title=f"PromptCBLUE: base {args.model_name_or_path} vs tuned {checkpoint}")
     print(f"web_demo.py: {len(examples)} examples from {args.examples_file}; serving http://{args.host}:{args.port}",
           flush=True)
     app.queue().launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)

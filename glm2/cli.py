@@ -19,6 +19,9 @@ def run_cli(entry, name: str) -> None:
         sys.argv.remove("--debug")
     try:
         entry()
+    except BrokenPipeError:  # `chat.py ... | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except USER_ERRORS as e:
         if debug:
             raise

@@ -80,3 +80,14 @@ def test_chat_in_a_terminal(tiny_model, tiny_checkpoint):
     text = out.decode("utf-8", "replace")
     assert "问：头痛怎么办" in text and "── base" in text and "── P-tuned" in text
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_chat_names_a_prompts_file_that_is_not_utf8(tiny_model, tiny_checkpoint, tmp_path):
+    bad = tmp_path / "prompts.txt"
+    bad.write_bytes("头痛怎么办\n".encode("utf-8") + "胸闷\n".encode("gbk"))
+    proc = subprocess.run([sys.executable, "chat.py", "--model_name_or_path", tiny_model, "--ptuning_checkpoint",
+                           tiny_checkpoint, "--max_new_tokens", "4", "--file", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{bad}:2: not UTF-8 text" in proc.stderr
+    assert "问：头痛怎么办" in proc.stdout  # the good line before it was answered
