@@ -6,6 +6,7 @@
 #   MODEL=/path/to/chatglm2-6b NUM_GPUS=4 bash train.sh  # torchrun DDP on 4 GPUs
 #   bash train.sh                                        # no MODEL: the embedded tiny model, on CPU
 #   bash train.sh --max_steps 50 --learning_rate 1e-2   # any main.py flag overrides the defaults
+#   FRESH=1 bash train.sh                                # start over (default: resume the run's newest checkpoint)
 #   LORA_RANK=8 bash train.sh  (or METHOD=lora)          # LoRA adapters (PEFT) instead of a prefix
 #   METHOD=full ENGINE=fsdp NUM_GPUS=4 bash train.sh     # full fine-tuning, sharded (FSDP2 or DeepSpeed)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash train.sh   # on each node (NODE_RANK 0, 1)
@@ -24,6 +25,8 @@ elif [ "$NUM_GPUS" -gt 1 ]; then
   LAUNCH=(torchrun --standalone --nnodes=1 --nproc-per-node="$NUM_GPUS" main.py)
 fi
 DATA=${DATA:-PromptCBLUE}
+# An interrupted run started again resumes from its newest complete checkpoint; FRESH=1 starts over.
+FRESH_ARGS=(); [ -n "${FRESH:-}" ] && [ "$FRESH" != 0 ] && FRESH_ARGS=(--overwrite_output_dir)
 METHOD=${METHOD:-$([ -n "${LORA_RANK:-}" ] && echo lora || echo ptuning)}
 case "$METHOD" in
   ptuning) PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}; TUNE=(--pre_seq_len "$PRE_SEQ_LEN"); TAG=pt-$PRE_SEQ_LEN ;;
@@ -70,7 +73,7 @@ fi
     --overwrite_cache \
     --model_name_or_path "$MODEL" \
     --output_dir "output/$RUN" \
-    --overwrite_output_dir \
+    "${FRESH_ARGS[@]}" \
     --per_device_eval_batch_size 16 \
     --predict_with_generate \
     --learning_rate "$LR" \

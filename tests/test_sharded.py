@@ -112,13 +112,23 @@ def test_two_nodes_on_one_machine_train_one_run(tiny_model, tmp_path):
     extra = ["--max_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--max_source_length", "96",
              "--max_target_length", "48", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
              "1", "--output_dir", str(tmp_path / "run"), "--report_to", "none", "--preprocessing_num_workers", "1"]
-    nodes = [subprocess.Popen(["bash", "train.sh", *extra], cwd=ROOT, env=dict(env, NODE_RANK=str(rank)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outputs = [p.communicate(timeout=600)[0] for p in nodes]
-    assert all(p.returncode == 0 for p in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+
+    def both_nodes(*more):
+        nodes = [subprocess.Popen(["bash", "train.sh", *extra, *more], cwd=ROOT, env=dict(env, NODE_RANK=str(rank)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+        outputs = [p.communicate(timeout=600)[0] for p in nodes]
+        assert all(p.returncode == 0 for p in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+        return outputs
+
+    outputs = both_nodes()
     state = json.load(open(tmp_path / "run" / "trainer_state.json"))
     n = sum(1 for _ in open(TRAIN, encoding="utf-8"))
     assert state["global_step"] == 3
     assert state["log_history"][-1]["epoch"] == pytest.approx(3 * 2 * 2 / n, abs=1e-4)  # two processes' rows
     assert os.path.isfile(tmp_path / "run" / "checkpoint-3" / "pytorch_model.bin")
     assert sum("Checkpoints (prefix only) are in" in o for o in outputs) == 1  # written once, by node 0
+    # Started again with more steps, both nodes resume from checkpoint-3 (train.sh resumes by default).
+    outputs = both_nodes("--max_steps", "5")
+    assert all("Resuming from" in o and "checkpoint-3" in o for o in outputs[:1])
+    state = json.load(open(tmp_path / "run" / "trainer_state.json"))
+    assert state["global_step"] == 5 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4, 5]
