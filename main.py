@@ -117,6 +117,15 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
         checkpoint = last_complete_checkpoint(training_args.output_dir)
         if checkpoint:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start afresh)", checkpoint)
+    if training_args.fsdp_plugin_args is not None:
+        # Checkpoints are the engine's sharded files (each rank writes its part: no full optimizer
+        # state gathered on one process) plus the model gathered beside them (PrefixTrainer.save_model),
+        # which is what FULL_STATE_DICT would have given.
+        if training_args.fsdp_plugin_args.get("state_dict_type") == "FULL_STATE_DICT" and \
+                "state_dict_type" in (training_args.fsdp_config or {}):
+            logger.warning("fsdp_config state_dict_type FULL_STATE_DICT: checkpoints are sharded instead, with the "
+                           "whole model gathered beside them")
+        training_args.fsdp_plugin_args["state_dict_type"] = "SHARDED_STATE_DICT"
     fsdp_checkpoints = bool((training_args.fsdp_config or {}).get("activation_checkpointing"))
     if training_args.device.type == "cuda" and not fsdp_checkpoints:
         # The original always checkpoints on a GPU; it is what fits 6B on 32 GB. The Trainer then

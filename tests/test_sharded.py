@@ -80,9 +80,12 @@ def test_fsdp_checkpoint_holds_engine_shards_and_a_gathered_chatglm2_folder(fsdp
     assert json.load(open(tmp_path / "hf" / "config.json"))["model_type"] == "glm"
 
 
-def test_fsdp_with_bf16_and_activation_checkpointing(tiny_model, tmp_path):
+def test_fsdp_bare_flag_with_bf16_and_activation_checkpointing(tiny_model, tmp_path):
+    """The flag alone, as old scripts pass it (no config file): FSDP2, decoder layers as units."""
     proc = run_main(full_args(tiny_model, tmp_path, 2, "--max_steps", "3", "--save_steps", "3", "--bf16",
-                              "--gradient_checkpointing", "--overwrite_output_dir", *FSDP), torchrun=2)
+                              "--gradient_checkpointing", "--overwrite_output_dir", "--fsdp", "full_shard auto_wrap"),
+                    torchrun=2)
+    assert os.path.isdir(tmp_path / "checkpoint-3" / "optimizer_0")  # sharded optimizer state
     assert "(50%)" in proc.stdout
     curve = losses(tmp_path)
     assert len(curve) == 3 and all(torch.isfinite(torch.tensor(v)) for v in curve.values())
