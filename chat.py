@@ -16,7 +16,7 @@ import sys
 
 from glm2.generation import GenerationSettings, stream_text
 from glm2.model import base_only
-from glm2.tuned import EMBEDDED_MODEL, load_tuned
+from glm2.tuned import add_model_flags, load_tuned
 
 
 def parse_prompt(line: str) -> str:
@@ -55,16 +55,12 @@ def prompts(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model_name_or_path", default=EMBEDDED_MODEL)
-    ap.add_argument("--ptuning_checkpoint", default=None,
-                    help="a checkpoint-N folder, P-tuning prefix or LoRA adapter; default: the newest one (embedded model only)")
+    add_model_flags(ap)
     ap.add_argument("--file", help="prompts, one per line; default: standard input")
-    ap.add_argument("--max_source_length", type=int, default=700)
     ap.add_argument("--max_new_tokens", type=int, default=128)
     ap.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
     ap.add_argument("--temperature", type=float, default=0.95)
     ap.add_argument("--top_p", type=float, default=0.7)
-    ap.add_argument("--quantization_bit", type=int, default=None)
     args = ap.parse_args()
 
     model, tok, ckpt = load_tuned(args.model_name_or_path, args.ptuning_checkpoint, args.quantization_bit)

@@ -20,13 +20,14 @@ from arguments import DataTrainingArguments, GenerationArguments, LegacyTraining
 from cblue.records import RecordError
 from cblue.dataset import load_records_dataset, tokenize_for_generation, tokenize_for_training
 from cblue.outputs import PredictionLog, merge_logs, save_json, write_prediction_files
+from glm2.checkpoint import last_complete_checkpoint
 from glm2.cli import run_cli
 from glm2.decode import compile_by_default
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2, base_only
 from glm2.progress import Progress
 from glm2.tokenizer import ChatGLM2Tokenizer
-from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ShardingReport, last_complete_checkpoint
+from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ShardingReport
 
 logger = logging.getLogger("main")
 

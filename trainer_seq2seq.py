@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
 
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
@@ -75,27 +71,6 @@ def enable_fsdp_on_cpu(trainer) -> None:
     state.distributed_type = DistributedType.FSDP
     state.fsdp_plugin = plugin
     trainer.is_fsdp_enabled = True
-
-
-def is_complete_checkpoint(path: str) -> bool:
-    """Weights (prefix or full model, or a LoRA adapter) and trainer_state.json, written last."""
-    weights = ("pytorch_model.bin", "adapter_model.safetensors")
-    return (any(os.path.isfile(os.path.join(path, f)) for f in weights)
-            and os.path.isfile(os.path.join(path, "trainer_state.json")))
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint-N in output_dir that finished saving."""
-    if not os.path.isdir(output_dir):
-        return None
-    steps = sorted((int(m.group(1)), name) for name in os.listdir(output_dir)
-                   if (m := CHECKPOINT_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name)))
-    for _, name in reversed(steps):
-        path = os.path.join(output_dir, name)
-        if is_complete_checkpoint(path):
-            return path
-        logger.warning("%s was not finished (no trainer_state.json); skipping it", path)
-    return None
 
 
 class LossCurveCallback(TrainerCallback):

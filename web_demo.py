@@ -17,19 +17,15 @@ from cblue.compare import pick_examples
 from cblue.features import prompt_ids
 from cblue.records import read_records
 from cblue.score import score_one
-from glm2.tuned import EMBEDDED_MODEL, load_tuned
+from glm2.tuned import add_model_flags, load_tuned
 from glm2.web_app import build_app
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model_name_or_path", default=EMBEDDED_MODEL)
-    ap.add_argument("--ptuning_checkpoint", default=None,
-                    help="a checkpoint-N folder, P-tuning prefix or LoRA adapter; default: the newest one (embedded model only)")
+    add_model_flags(ap)
     ap.add_argument("--examples_file", default="PromptCBLUE/dev.json", help="PromptCBLUE records to pick examples from")
     ap.add_argument("--examples_per_task", type=int, default=3)
-    ap.add_argument("--max_source_length", type=int, default=700)
-    ap.add_argument("--quantization_bit", type=int, default=None)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7860)
     args = ap.parse_args()

@@ -16,13 +16,8 @@ if [ -n "${MODEL:-}" ]; then
 else
   [ -f output/tiny-chatglm2/config.json ] || { echo "web_demo.sh: no MODEL given and the embedded model is not built; run 'bash train.sh' first." >&2; exit 1; }
 fi
-if [ -n "${CHECKPOINT:-}" ]; then
-  if [ -z "${STEP:-}" ]; then  # the newest complete checkpoint of that run
-    STEP=$(ls -d "output/$CHECKPOINT"/checkpoint-* 2>/dev/null | while read -r d; do
-             [ -f "$d/trainer_state.json" ] && echo "${d##*-}"; done | sort -n | tail -n 1)
-    [ -n "$STEP" ] || { echo "web_demo.sh: no checkpoint in output/$CHECKPOINT; train first or set CHECKPOINT/STEP." >&2; exit 1; }
-  fi
-  ARGS+=(--ptuning_checkpoint "output/$CHECKPOINT/checkpoint-$STEP")
+if [ -n "${CHECKPOINT:-}" ]; then  # a run under output/: checkpoint-$STEP, or its newest complete one
+  ARGS+=(--ptuning_checkpoint "output/$CHECKPOINT${STEP:+/checkpoint-$STEP}")
 fi
 [ -n "${QUANTIZATION_BIT:-}" ] && ARGS+=(--quantization_bit "$QUANTIZATION_BIT")
 exec python3 web_demo.py "${ARGS[@]}" "$@"

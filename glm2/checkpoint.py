@@ -9,7 +9,9 @@ dtype plus one tensor, not twice the model.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 
 import torch
@@ -17,6 +19,8 @@ from transformers import GlmForCausalLM
 from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
 from .convert import chatglm_config_from_glm, chatglm_to_glm, glm_config_from_chatglm, glm_to_chatglm
+
+logger = logging.getLogger(__name__)
 
 
 def read_config(model_dir: str) -> dict:
@@ -166,3 +170,27 @@ def save_chatglm(model: GlmForCausalLM, out_dir: str, safetensors: bool = False,
         torch.save(original, tmp)
         os.replace(tmp, os.path.join(out_dir, "pytorch_model.bin"))
 
+
+# -- training checkpoints: the checkpoint-N folders a run writes -----------------------------
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Weights (prefix or full model, or a LoRA adapter) and trainer_state.json, written last."""
+    weights = ("pytorch_model.bin", "adapter_model.safetensors")
+    return (any(os.path.isfile(os.path.join(path, f)) for f in weights)
+            and os.path.isfile(os.path.join(path, "trainer_state.json")))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-N in output_dir that finished saving."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(output_dir)
+                   if (m := CHECKPOINT_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name)))
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        if is_complete_checkpoint(path):
+            return path
+        logger.warning("%s was not finished (no trainer_state.json); skipping it", path)
+    return None

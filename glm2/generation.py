@@ -8,6 +8,7 @@ depend on what it is batched with (in fp32, up to float rounding of ~1e-7 in the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Iterator
 
 import torch
@@ -213,23 +214,8 @@ def side_by_side(model: ChatGLM2, tokenizer, prompt: list[int], settings: Genera
         base = stream_text(model, tokenizer, [prompt], settings)
         base_text = next(base)[0]  # the prompt pass runs here, without the prefix
     tuned = stream_text(model, tokenizer, [prompt], settings)
-    yield from _step_together(base, tuned, base_text, "")
-
-
-def _step_together(a: Iterator[list[str]], b: Iterator[list[str]], last_a: str, last_b: str):
-    """Step two streams together; one that has ended keeps showing its final text."""
-    yield last_a, last_b
-    live_a = live_b = True
-    while live_a or live_b:
-        if live_a:
-            try:
-                last_a = next(a)[0]
-            except StopIteration:
-                live_a = False
-        if live_b:
-            try:
-                last_b = next(b)[0]
-            except StopIteration:
-                live_b = False
-        if live_a or live_b:
-            yield last_a, last_b
+    tuned_text = ""
+    yield base_text, tuned_text
+    for b, t in zip_longest(base, tuned):  # a stream that has ended keeps showing its final text
+        base_text, tuned_text = b[0] if b else base_text, t[0] if t else tuned_text
+        yield base_text, tuned_text

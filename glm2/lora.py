@@ -130,10 +130,8 @@ def read_adapter(ckpt_dir: str, glm_config) -> tuple[dict, dict[str, torch.Tenso
             continue
         for part, piece in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(tensor, ab, glm_config)):
             tensors[f"{prefix}self_attn.{part}.{ab}.weight"] = piece
-    targets = cfg.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else targets
-    cfg["target_modules"] = target_modules(",".join(targets)) if targets else sorted(
-        {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
+    # The layers the tensors adapt, whatever the config says (a list, a regex, or original names).
+    cfg["target_modules"] = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
     return cfg, tensors
 
 

@@ -54,3 +54,12 @@ def logged_losses(out_dir) -> dict:
 
     with open(os.path.join(out_dir, "trainer_state.json")) as f:
         return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
+
+
+def tiny_train_args(model, out, *extra) -> list[str]:
+    """main.py --do_train on the sample data with small lengths (batch 4, seed 7, a log line per
+    step); `extra` adds the method and its settings (a later flag wins)."""
+    return ["--do_train", "--train_file", os.path.join(ROOT, "PromptCBLUE", "train.json"), "--model_name_or_path",
+            model, "--output_dir", str(out), "--max_source_length", "96", "--max_target_length", "48",
+            "--per_device_train_batch_size", "4", "--logging_steps", "1", "--seed", "7", "--report_to", "none",
+            "--dataloader_num_workers", "0", *extra]

@@ -1,9 +1,7 @@
 """The static-cache decode step: same numbers as transformers' own forward, compiled or not."""
-import os
-
 import torch
 
-from conftest import GOLDEN, needs_golden
+from conftest import needs_golden
 from glm2.decode import StaticDecoder
 from glm2.generation import GenerationSettings, generate, left_pad
 from glm2.model import ChatGLM2, positions_from_mask

@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from conftest import GOLDEN, ROOT, needs_golden, run_main
 
 MODEL = os.path.join(GOLDEN, "model")

@@ -8,20 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, logged_losses as losses, run_main
-from glm2.checkpoint import load_glm, read_config, save_chatglm
+from conftest import ROOT, logged_losses as losses, run_main, tiny_train_args
+from glm2.checkpoint import load_glm, read_config
 from glm2.convert import glm_to_chatglm
 from glm2.model import ChatGLM2, base_only
 
-TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 
 
 def lora_args(model, out, *extra):
-    return ["--do_train", "--train_file", TRAIN, "--model_name_or_path", model, "--output_dir", str(out),
-            "--max_source_length", "96", "--max_target_length", "48", "--per_device_train_batch_size", "4",
-            "--learning_rate", "5e-3", "--lora_rank", "4", "--logging_steps", "1", "--seed", "7",
-            "--report_to", "none", "--dataloader_num_workers", "0", *extra]
+    return tiny_train_args(model, out, "--learning_rate", "5e-3", "--lora_rank", "4", *extra)
 
 
 def test_lora_learns_and_saves_a_peft_adapter(tiny_model, tmp_path):

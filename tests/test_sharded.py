@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, logged_losses as losses, run_main
+from conftest import ROOT, logged_losses as losses, run_main, tiny_train_args
 
 TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
@@ -20,10 +20,7 @@ FSDP = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", os.path.join(ROOT, "c
 
 
 def full_args(model, out, batch, *extra):
-    return ["--do_train", "--train_file", TRAIN, "--model_name_or_path", model, "--output_dir", str(out),
-            "--max_source_length", "96", "--max_target_length", "48", "--per_device_train_batch_size", str(batch),
-            "--learning_rate", "5e-4", "--logging_steps", "1", "--seed", "7", "--report_to", "none",
-            "--dataloader_num_workers", "0", *extra]
+    return tiny_train_args(model, out, "--learning_rate", "5e-4", "--per_device_train_batch_size", str(batch), *extra)
 
 
 @pytest.fixture(scope="module")

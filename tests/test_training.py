@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import GOLDEN, ROOT, logged_losses as losses, needs_golden, run_main
+from conftest import GOLDEN, ROOT, logged_losses as losses, needs_golden, run_main, tiny_train_args
 from glm2.model import ChatGLM2
 from glm2.prefix import CHECKPOINT_PREFIX
 
@@ -14,10 +14,7 @@ TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
 
 
 def train_args(model, out, *extra):
-    return ["--do_train", "--train_file", TRAIN, "--model_name_or_path", model, "--output_dir", str(out),
-            "--max_source_length", "96", "--max_target_length", "48", "--per_device_train_batch_size", "4",
-            "--learning_rate", "3e-2", "--pre_seq_len", "8", "--logging_steps", "1", "--seed", "7",
-            "--report_to", "none", "--dataloader_num_workers", "0", *extra]
+    return tiny_train_args(model, out, "--learning_rate", "3e-2", "--pre_seq_len", "8", *extra)
 
 
 def test_loss_falls_when_overfitting(tiny_model, tmp_path):
