@@ -102,6 +102,11 @@ class GenerationArguments:
         default=None, metadata={"help": "PromptCBLUE scoring version v1|v2; detected from task names if unset."})
     compare_base: bool = field(
         default=False, metadata={"help": "Also evaluate the base model without the prefix, and compare."})
+    constrained_decoding: bool = field(
+        default=True, metadata={"help": "Constrain every answer of a closed-set PromptCBLUE task to what the official "
+                                        "parser accepts, with labels from the record's answer_choices (or the "
+                                        "prompt's own option line); `--constrained_decoding false` writes free "
+                                        "text, as the original."})
     compile_generation: Optional[bool] = field(
         default=None, metadata={"help": "torch.compile the decode step (CUDA graphs on CUDA). Default: on for "
                                         "CUDA, off on a CPU, where compiling takes longer than it saves."})

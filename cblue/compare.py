@@ -42,13 +42,19 @@ def write_comparison(out_dir: str, gold: list[dict], base_dir: str, tuned_dir: s
     rows = [(t, main_metric(t), base_scores["tasks"][t][main_metric(t)], tuned_scores["tasks"][t][main_metric(t)])
             for t in tasks if t in base_scores["tasks"]]
 
+    base_valid, tuned_valid = base_scores.get("valid_answers", {}), tuned_scores.get("valid_answers", {})
+    share = lambda v: "–" if v is None else f"{v:.0%}"
     lines = ["# Base vs P-tuned", "",
              f"Overall score (mean of each task's main metric, PromptCBLUE {tuned_scores['version']}): "
              f"**base {base_scores['score']:.4f} → tuned {tuned_scores['score']:.4f}**", "",
-             "| task | metric | base | tuned | change |", "| --- | --- | ---: | ---: | ---: |"]
-    lines += [f"| {t} | {m} | {b:.4f} | {u:.4f} | {u - b:+.4f} |" for t, m, b, u in rows]
+             f"Decoding: {tuned_scores.get('decoding', 'free')}. *Valid*: the share of answers the official parser "
+             "reads in full with labels from the options (closed-set tasks; cblue/validity.py).", "",
+             "| task | metric | base | tuned | change | valid (base) | valid (tuned) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {t} | {m} | {b:.4f} | {u:.4f} | {u - b:+.4f} | {share(base_valid.get(t))} | "
+              f"{share(tuned_valid.get(t))} |" for t, m, b, u in rows]
     lines += [f"| **overall** | mean | {base_scores['score']:.4f} | {tuned_scores['score']:.4f} | "
-              f"{tuned_scores['score'] - base_scores['score']:+.4f} |", "", "![comparison](comparison.png)", ""]
+              f"{tuned_scores['score'] - base_scores['score']:+.4f} | | |", "", "![comparison](comparison.png)", ""]
     examples = pick_examples(gold, per_task)
     for task in tasks:
         lines += [f"## {task}", "", "| input | target | base | tuned |", "| --- | --- | --- | --- |"]

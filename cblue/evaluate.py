@@ -9,6 +9,7 @@ from .outputs import save_json
 from .postprocess import structure_records
 from .score import ScoreError, format_table, overall_score, score_structured, score_task
 from .tasks import detect_version, main_metric
+from .validity import validity_by_task
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ def original_rouge_bleu(predictions: list[str], labels: list[str]) -> dict:
 
 
 def evaluate_predictions(out_dir: str, records: list[dict], predictions: list[str], labels: list[str],
-                         data_args, version: str | None, prefix: str) -> dict:
-    """Write results.json (+ scores.json when targets exist); return metrics for *_results.json."""
+                         data_args, version: str | None, prefix: str, decoding: str = "free") -> dict:
+    """Write results.json (+ scores.json when targets exist); return metrics for *_results.json.
+    `decoding` (constrained or free) is recorded in scores.json, with each closed-set task's
+    share of answers the official parser reads in full (cblue/validity.py)."""
     response = data_args.response_column
     pred_records = [dict(r, **{response: p}) for r, p in zip(records, predictions)]
     metrics = {}
@@ -53,8 +56,12 @@ def evaluate_predictions(out_dir: str, records: list[dict], predictions: list[st
         logger.warning("PromptCBLUE post-processing skipped: %s", e)
         return metrics
     save_json(os.path.join(out_dir, "results.json"), structured)
+    valid = {t: round(v / n, 4) for t, (v, n) in validity_by_task(records, predictions, version,
+                                                                   data_args.prompt_column).items()}
+    metrics[f"{prefix}_valid_answers"] = valid
     if any(r.get(response) for r in records):
-        scores = _score_with_targets(records, pred_records, version, response)
+        scores = dict(_score_with_targets(records, pred_records, version, response), decoding=decoding,
+                      valid_answers=valid)
         save_json(os.path.join(out_dir, "scores.json"), scores)
         print(format_table(scores))
         metrics[f"{prefix}_score"] = scores["score"]

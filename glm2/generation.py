@@ -20,6 +20,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from .constraint import BatchConstraint
 from .decode import StaticDecoder
 from .model import ChatGLM2, positions_from_mask
 
@@ -87,11 +88,18 @@ class _Stepper:
         self.logits = self.logits[index]
 
 
+def constraint_for(model: ChatGLM2, tokenizer, grammars) -> BatchConstraint | None:
+    """The decoding constraint of a batch: one grammar text per prompt (None: free text), or
+    None when no prompt has one. What the grammars say is the caller's business (for
+    PromptCBLUE: cblue/answer_grammar.py)."""
+    return BatchConstraint.build(tokenizer, model.base.config.vocab_size, grammars)
+
+
 def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id: int,
-             pad_token_id: int) -> list[list[int]]:
+             pad_token_id: int, constraint: BatchConstraint | None = None) -> list[list[int]]:
     """New token ids for each prompt, without the eos that ended it."""
     results: list[list[int]] = [[] for _ in prompts]
-    for step in stream_tokens(model, prompts, settings, eos_token_id, pad_token_id):
+    for step in stream_tokens(model, prompts, settings, eos_token_id, pad_token_id, constraint):
         for row, token in step:
             results[row].append(token)
     return results
@@ -99,29 +107,34 @@ def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSett
 
 @torch.inference_mode()
 def stream_tokens(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id: int,
-                  pad_token_id: int) -> Iterator[list[tuple[int, int]]]:
+                  pad_token_id: int, constraint: BatchConstraint | None = None) -> Iterator[list[tuple[int, int]]]:
     """Generation as it happens: per step, (prompt index, new token) for every row still
     generating. The prefix in use is the one the model holds at the first step (the prompt
-    pass puts it in the cache), so a base and a tuned stream can be interleaved."""
+    pass puts it in the cache), so a base and a tuned stream can be interleaved. With a
+    constraint, a row's tokens come out only where its grammar accepts the text so far
+    (several at once after a held-back stretch; glm2/constraint.py)."""
     was_training = model.training
     model.eval()  # no prefix dropout while generating
     try:
         if settings.num_beams > 1:  # beam search knows its answer only at the end
             for row, p in enumerate(prompts):
-                yield [(row, t) for t in _beam_search(model, p, settings, eos_token_id)]
+                rows = constraint.repeat(row, settings.num_beams) if constraint is not None else None
+                yield [(row, t) for t in _beam_search(model, p, settings, eos_token_id, rows)]
             return
-        yield from _sample_steps(model, prompts, settings, eos_token_id, pad_token_id)
+        yield from _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint)
     finally:
         model.train(was_training)
 
 
 def stream_text(model: ChatGLM2, tokenizer, prompts: list[list[int]], settings: GenerationSettings,
-                ) -> Iterator[list[str]]:
+                grammars=None) -> Iterator[list[str]]:
     """Each prompt's answer so far, as text, after every step (what a demo shows while it
-    types). A character whose bytes are not all generated yet is held back, not shown as \ufffd."""
+    types). A character whose bytes are not all generated yet is held back, not shown as \ufffd.
+    `grammars`: one grammar text per prompt (None: free text), see constraint_for."""
     tokens: list[list[int]] = [[] for _ in prompts]
     shown = [""] * len(prompts)
-    for step in stream_tokens(model, prompts, settings, tokenizer.eos_token_id, tokenizer.pad_token_id):
+    constraint = constraint_for(model, tokenizer, grammars)
+    for step in stream_tokens(model, prompts, settings, tokenizer.eos_token_id, tokenizer.pad_token_id, constraint):
         for row, token in step:
             tokens[row].append(token)
             text = tokenizer.decode(tokens[row]).lstrip()
@@ -131,7 +144,7 @@ def stream_text(model: ChatGLM2, tokenizer, prompts: list[list[int]], settings: 
     yield [tokenizer.decode(t).strip() for t in tokens]  # the final answers, as generate() + decode give
 
 
-def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id):
+def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint=None):
     ids, mask = left_pad(prompts, pad_token_id, model.device)
     stepper = _Stepper(model, ids, mask, settings.max_new_tokens, settings.compiled)
     procs = settings.processors()
@@ -140,6 +153,8 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id):
     seen, logits = ids, stepper.logits
     for step in range(settings.max_new_tokens):
         scores = procs(seen, logits) if procs else logits
+        if constraint is not None:
+            scores = constraint.mask_(scores, active)
         if settings.do_sample:
             probs = torch.softmax(scores, dim=-1).cpu()
             tokens = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(ids.device)
@@ -147,7 +162,11 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id):
             tokens = scores.argmax(dim=-1)
         chosen = tokens.tolist()  # the step's one device-to-host copy
         ended = [t == eos_token_id for t in chosen]
-        yield [(row, token) for row, token, done in zip(active, chosen, ended) if not done]
+        if constraint is None:
+            yield [(row, token) for row, token, done in zip(active, chosen, ended) if not done]
+        else:
+            yield [(row, t) for row, token, done in zip(active, chosen, ended) if not done
+                   for t in constraint.advance(row, token)]
         if step == settings.max_new_tokens - 1 or all(ended):
             break
         if any(ended):  # finished rows leave the batch: short answers stop costing compute
@@ -159,8 +178,11 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id):
         logits = stepper.step(tokens)
 
 
-def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSettings, eos_token_id: int) -> list[int]:
-    """Beam search for one prompt (length-normalised log-probability, like transformers')."""
+def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSettings, eos_token_id: int,
+                 constraint: BatchConstraint | None = None) -> list[int]:
+    """Beam search for one prompt (length-normalised log-probability, like transformers').
+    `constraint`: one row per beam; a beam cut off by the budget ends at its last point the
+    grammar accepts."""
     k = settings.num_beams
     ids, mask = left_pad([prompt] * k, 0, model.device)
     stepper = _Stepper(model, ids, mask, settings.max_new_tokens)
@@ -172,7 +194,10 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
     seen = ids
     logits = stepper.logits
     for step in range(settings.max_new_tokens):
-        logp = torch.log_softmax(procs(seen, logits) if procs else logits, dim=-1)
+        scores_step = procs(seen, logits) if procs else logits
+        if constraint is not None:
+            scores_step = constraint.mask_(scores_step, list(range(len(beams))))
+        logp = torch.log_softmax(scores_step, dim=-1)
         cand = (scores[:, None] + logp).view(-1)
         top_scores, top_idx = cand.topk(2 * k)
         vocab = logp.shape[-1]
@@ -190,9 +215,12 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
         best_alive = keep_score[0] / (len(beams[keep_beam[0]]) + 1)
         if len(done) >= k and max(d[0] for d in done) >= best_alive:
             break
+        if constraint is not None:
+            constraint = constraint.advanced(keep_beam, keep_tok)
         if step == settings.max_new_tokens - 1:
-            done.extend((s / (len(beams[b]) + 1), beams[b] + [t])
-                        for b, t, s in zip(keep_beam, keep_tok, keep_score))
+            held = [len(c.held) if c is not None else 0 for c in constraint.rows] if constraint else [0] * len(keep_beam)
+            done.extend((s / (len(beams[b]) + 1), (beams[b] + [t])[:len(beams[b]) + 1 - h])
+                        for b, t, s, h in zip(keep_beam, keep_tok, keep_score, held))
             break
         index = torch.tensor(keep_beam, device=ids.device)
         beams = [beams[b] + [t] for b, t in zip(keep_beam, keep_tok)]
@@ -201,19 +229,23 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
         stepper.reorder(index)
         seen = torch.cat([seen[index], tokens[:, None]], dim=-1)
         logits = stepper.step(tokens)
-    return max(done, key=lambda d: d[0])[1] if done else beams[0]
+    if done:
+        return max(done, key=lambda d: d[0])[1]
+    held = len(constraint.rows[0].held) if constraint is not None and constraint.rows[0] is not None else 0
+    return beams[0][:len(beams[0]) - held]
 
 
 def side_by_side(model: ChatGLM2, tokenizer, prompt: list[int], settings: GenerationSettings,
-                 ) -> Iterator[tuple[str, str]]:
+                 grammar: str | None = None) -> Iterator[tuple[str, str]]:
     """(base answer so far, tuned answer so far) for one prompt, both streamed together: the
-    base is the same loaded weights with the prefix set aside for its prompt pass."""
+    base is the same loaded weights with the prefix set aside for its prompt pass. `grammar`
+    constrains both answers alike (None: free text)."""
     from .model import base_only
 
     with base_only(model):
-        base = stream_text(model, tokenizer, [prompt], settings)
+        base = stream_text(model, tokenizer, [prompt], settings, [grammar])
         base_text = next(base)[0]  # the prompt pass runs here, without the prefix
-    tuned = stream_text(model, tokenizer, [prompt], settings)
+    tuned = stream_text(model, tokenizer, [prompt], settings, [grammar])
     tuned_text = ""
     yield base_text, tuned_text
     for b, t in zip_longest(base, tuned):  # a stream that has ended keeps showing its final text

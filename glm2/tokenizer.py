@@ -62,6 +62,8 @@ class ChatGLM2Tokenizer:
         self.gmask_id = self.special_ids["[gMASK]"]
         self.sop_id = self.special_ids["sop"]
         self.prefix_ids = [self.gmask_id, self.sop_id]
+        self._fragment_sp = None  # built on first use by encode_fragment
+        self._byte_fallback = None  # known on first use by can_spell
         self._skipped = set(self.special_ids.values()) | {self.eos_token_id, self.bos_token_id,
                                                           self.pad_token_id}
 
@@ -117,6 +119,41 @@ class ChatGLM2Tokenizer:
 
     def batch_decode(self, batch, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each id stands for in generated text (what a grammar engine matches
+        against): `▁` is a space, `<0xNN>` pieces are their byte, and the specials, unk, bos
+        and eos stand for no text (b"")."""
+        out = []
+        for i in range(len(self)):
+            if i >= self.n_words or self.sp.is_control(i) or self.sp.is_unknown(i):
+                out.append(b"")
+            elif self.sp.is_byte(i):
+                out.append(bytes([int(self.sp.id_to_piece(i)[3:5], 16)]))
+            else:
+                out.append(self.sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        return out
+
+    def encode_fragment(self, text: str) -> list[int]:
+        """Ids of a piece of text in the middle of an answer: without sentencepiece's dummy
+        prefix (the leading `▁` that `encode_text` gives the start of a text)."""
+        if self._fragment_sp is None:
+            from sentencepiece import sentencepiece_model_pb2
+
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(self.sp.serialized_model_proto())
+            proto.normalizer_spec.add_dummy_prefix = False
+            self._fragment_sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        return self._fragment_sp.encode(text)
+
+    def can_spell(self, text: str) -> bool:
+        """Whether generated ids can spell `text` exactly (always, with byte fallback)."""
+        if self._byte_fallback is None:
+            self._byte_fallback = sum(self.sp.is_byte(i) for i in range(self.n_words)) == 256
+        if self._byte_fallback:
+            return True
+        ids = self.encode_fragment(text)
+        return self.unk_token_id not in ids and self.decode(ids) == text
 
     def save_pretrained(self, path: str) -> None:
         """Write the original folder's tokenizer files (tokenizer.model + tokenizer_config.json)."""

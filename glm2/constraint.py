@@ -1,0 +1,173 @@
+"""Grammar-constrained decoding: a mask on the logits so that only what a grammar allows is written.
+
+The grammar engine is llguidance (Lark-style grammars, an Earley parser over a regex lexer,
+masks computed lazily from a token trie): among xgrammar, llguidance and outlines-core it is
+the one whose per-grammar cost is about a millisecond for a vocabulary of 65k byte-fallback
+sentencepiece pieces, which matters because every record brings its own grammar (its own
+options, its own input to copy spans from); BENCHMARKS.md has the comparison. This module
+knows nothing of tasks: it takes a grammar text per prompt (None: free text) and keeps one
+matcher per row of a batch.
+
+Two rules make a constrained answer valid by construction without changing a valid one:
+  * at every step, tokens the grammar does not allow get -inf, so a greedy path that was
+    already valid is untouched (its tokens are always allowed);
+  * a row's tokens are released only up to the last point where the grammar accepts the
+    text; what follows is held back until the grammar accepts again, and dropped if the
+    token budget runs out first. An answer cut off by max_new_tokens is therefore the longest
+    valid prefix, never a half-written option.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_ENGINES: dict = {}
+
+
+def engine_for(tokenizer, vocab_size: int) -> "GrammarEngine":
+    """One engine per tokenizer file and logits width, built once per process (~10 ms for
+    ChatGLM2's 65k pieces)."""
+    key = (getattr(tokenizer, "digest", id(tokenizer)), vocab_size)
+    if key not in _ENGINES:
+        _ENGINES[key] = GrammarEngine(tokenizer, vocab_size)
+    return _ENGINES[key]
+
+
+class GrammarEngine:
+    """llguidance's view of a tokenizer, plus compiled grammars (a bounded cache: the same
+    options, e.g. a classification task's labels, compile once)."""
+
+    def __init__(self, tokenizer, vocab_size: int, cache_size: int = 4096):
+        import llguidance
+
+        token_bytes = tokenizer.token_bytes()
+        specials = [i for i, b in enumerate(token_bytes) if not b and i != tokenizer.eos_token_id]
+
+        class _Wrapped:  # what llguidance.TokenizerWrapper reads
+            eos_token_id = tokenizer.eos_token_id
+            bos_token_id = None
+            tokens = token_bytes
+            special_token_ids = specials
+
+            def __call__(self, text):
+                return tokenizer.encode_fragment(text.decode("utf-8", "ignore") if isinstance(text, bytes) else text)
+
+        self.llguidance = llguidance
+        self.tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Wrapped()))
+        self.eos_token_id = tokenizer.eos_token_id
+        self.vocab_size = vocab_size  # the logits' width (padded beyond the tokenizer: never allowed)
+        self.words = (self.tokenizer.vocab_size + 31) // 32
+        self._compiled: OrderedDict[str, object] = OrderedDict()
+        self._cache_size = cache_size
+        self._bits = torch.arange(32, dtype=torch.int32)
+
+    def matcher(self, grammar: str):
+        """A fresh matcher for `grammar`, or None (with a warning) if the grammar is invalid."""
+        template = self._compiled.get(grammar)
+        if template is None:
+            template = self.llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+            if template.is_error():
+                logger.warning("grammar rejected by llguidance, free text for this prompt: %s",
+                               template.get_error().splitlines()[0])
+                return None
+            self._compiled[grammar] = template
+            if len(self._compiled) > self._cache_size:
+                self._compiled.popitem(last=False)
+        else:
+            self._compiled.move_to_end(grammar)
+        return template.deep_copy()
+
+    def allowed(self, matchers: list) -> torch.Tensor:
+        """Bool [len(matchers), vocab_size]: the tokens each matcher allows next."""
+        bitmask = torch.empty((len(matchers), self.words), dtype=torch.int32)
+        for i, m in enumerate(matchers):
+            m.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), self.words * 4)
+        bits = ((bitmask.unsqueeze(-1) >> self._bits) & 1).bool().view(len(matchers), -1)
+        out = torch.zeros((len(matchers), self.vocab_size), dtype=torch.bool)
+        n = min(self.vocab_size, bits.shape[1])
+        out[:, :n] = bits[:, :n]
+        return out
+
+
+class RowConstraint:
+    """One row's grammar state: its matcher and the tokens held back until it accepts."""
+
+    def __init__(self, matcher):
+        self.matcher = matcher
+        self.held: list[int] = []
+
+    def advance(self, token: int) -> list[int]:
+        """Feed one generated token; return the tokens that may be released now."""
+        if not self.matcher.consume_token(token):
+            # Only reachable if a token outside the mask was chosen (never, with -inf); keep
+            # the text and stop constraining rather than fail the prediction.
+            logger.warning("token %d outside the grammar: %s", token, self.matcher.get_error().splitlines()[0])
+            self.matcher = None
+        if self.matcher is None or self.matcher.is_accepting():
+            released, self.held = self.held + [token], []
+            return released
+        self.held.append(token)
+        return []
+
+    def copy(self) -> "RowConstraint":
+        other = RowConstraint(self.matcher.deep_copy() if self.matcher is not None else None)
+        other.held = list(self.held)
+        return other
+
+
+class BatchConstraint:
+    """The constraints of one generation call: `rows[i]` is prompt i's (None: free text)."""
+
+    def __init__(self, engine: GrammarEngine, grammars: list[str | None]):
+        self.engine = engine
+        self.rows = [RowConstraint(m) if (m := engine.matcher(g) if g else None) is not None else None
+                     for g in grammars]
+
+    @classmethod
+    def build(cls, tokenizer, vocab_size: int, grammars) -> "BatchConstraint | None":
+        if not grammars or not any(grammars):
+            return None
+        return cls(engine_for(tokenizer, vocab_size), list(grammars))
+
+    def repeat(self, row: int, k: int) -> "BatchConstraint | None":
+        """k copies of prompt `row`'s constraint (the beams of a beam search), or None if free."""
+        if self.rows[row] is None:
+            return None
+        other = BatchConstraint.__new__(BatchConstraint)
+        other.engine, other.rows = self.engine, [self.rows[row].copy() for _ in range(k)]
+        return other
+
+    def advanced(self, parents: list[int], tokens: list[int]) -> "BatchConstraint":
+        """The beams after a step: beam i continues beam parents[i] with tokens[i]."""
+        other = BatchConstraint.__new__(BatchConstraint)
+        other.engine = self.engine
+        other.rows = []
+        for b, t in zip(parents, tokens):
+            row = self.rows[b].copy()
+            row.advance(t)
+            other.rows.append(row)
+        return other
+
+    def mask_(self, scores: torch.Tensor, active: list[int]) -> torch.Tensor:
+        """Set to -inf, in place, what each active row's grammar forbids; scores[j] is prompt
+        active[j]'s. A grammar that allows nothing at all (a matcher in error) allows eos."""
+        picked = [(j, self.rows[r]) for j, r in enumerate(active)
+                  if self.rows[r] is not None and self.rows[r].matcher is not None]
+        if not picked:
+            return scores
+        allowed = self.engine.allowed([c.matcher for _, c in picked])
+        allowed[~allowed.any(dim=1), self.engine.eos_token_id] = True
+        index = torch.tensor([j for j, _ in picked])
+        allowed = allowed[:, :scores.shape[1]].to(scores.device)
+        sub = scores.index_select(0, index.to(scores.device))
+        scores.index_copy_(0, index.to(scores.device), sub.masked_fill(~allowed, float("-inf")))
+        return scores
+
+    def advance(self, row: int, token: int) -> list[int]:
+        """Tokens of prompt `row` that can be shown now, after `token` (eos is never passed)."""
+        c = self.rows[row]
+        return [token] if c is None else c.advance(token)
