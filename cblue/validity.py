@@ -34,14 +34,14 @@ def answer_is_valid(task: str, text: str, options, version: str = "v2") -> bool 
     every label from `options`; None for free-text and unknown tasks."""
     if task in g.FREE_TEXT or task not in g.CLASSIFICATION | g.NEEDS_OPTIONS | {"CHIP-CDEE", "CMedCausal", "Text2DT"}:
         return None
+    # No v1 repair of half-width `: , ;` here: a valid answer is written in the targets' own
+    # full-width layout, which both versions read (an answer that needs the repair is not).
     text = text.strip()
-    if version == "v1":  # what the v1 parser does first
-        text = text.replace(":", "：", 100).replace(",", "，", 100).replace(";", "；", 100)
     options = [o for o in options if isinstance(o, str)] if isinstance(options, list) else []
     if task in g.CLASSIFICATION:
         return text in g.label_options(task, options)
     if task == "CHIP-CDN":
-        return text == g.CDN_NONE or ("\n" not in text and text != "" and
+        return text == g.CDN_NONE or ("\n" not in text and text != "" and not (version == "v1" and "," in text) and
                                       all(p.strip() in options for p in text.split("，")))
     if task in g.NER:
         if text == g.NER_NONE:

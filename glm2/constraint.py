@@ -64,6 +64,16 @@ class GrammarEngine:
         self._compiled: OrderedDict[str, object] = OrderedDict()
         self._cache_size = cache_size
         self._bits = torch.arange(32, dtype=torch.int32)
+        # Ids that spell the same bytes (a sentencepiece piece and its byte-fallback twin, `a`
+        # and `<0x61>`): llguidance's token trie keeps one of them; a mask allows all or none,
+        # so that a valid path through the other one is never cut.
+        groups: dict[bytes, list[int]] = {}
+        for i, b in enumerate(token_bytes):
+            if b:
+                groups.setdefault(b, []).append(i)
+        twins = [g for g in groups.values() if len(g) > 1]
+        width = max((len(g) for g in twins), default=0)
+        self._twins = torch.tensor([g + [g[0]] * (width - len(g)) for g in twins], dtype=torch.long) if twins else None
 
     def matcher(self, grammar: str):
         """A fresh matcher for `grammar`, or None (with a warning) if the grammar is invalid."""
@@ -90,6 +100,9 @@ class GrammarEngine:
         out = torch.zeros((len(matchers), self.vocab_size), dtype=torch.bool)
         n = min(self.vocab_size, bits.shape[1])
         out[:, :n] = bits[:, :n]
+        if self._twins is not None:
+            any_twin = out[:, self._twins].any(dim=-1, keepdim=True)  # [rows, groups, 1]
+            out[:, self._twins] = any_twin.expand(-1, -1, self._twins.shape[1])
         return out
 
 
