@@ -19,16 +19,17 @@ from glm2.model import base_only
 from glm2.tuned import add_model_flags, load_tuned
 
 
-def parse_prompt(line: str) -> str:
+def parse_prompt(line: str) -> dict:
+    """The line as a record: a PromptCBLUE record as it is, plain text as {"input": text}."""
     line = line.rstrip("\n")
     if line.lstrip().startswith("{"):
         try:
             rec = json.loads(line)
             if isinstance(rec, dict) and isinstance(rec.get("input"), str):
-                return rec["input"]
+                return rec
         except json.JSONDecodeError:
             pass
-    return line.replace("\\n", "\n")
+    return {"input": line.replace("\\n", "\n")}
 
 
 def prompts(args):
@@ -69,16 +70,21 @@ def main():
                                   top_p=args.top_p if args.do_sample else 1.0)
     from cblue.features import prompt_ids
 
+    from cblue.answer_grammar import grammar_for_prompt
+
     tuned_label = "LoRA" if model.lora_config is not None else "P-tuned"
-    print(f"base: {args.model_name_or_path}   tuned: {ckpt}")
-    for text in prompts(args):
+    print(f"base: {args.model_name_or_path}   tuned: {ckpt}   decoding: "
+          f"{'constrained' if args.constrained_decoding else 'free'}")
+    for record in prompts(args):
+        text = record["input"]
         ids, _ = prompt_ids(tok, text, None, args.max_source_length, "left")
+        grammar = grammar_for_prompt(text, record, can_spell=tok.can_spell) if args.constrained_decoding else None
         print(f"\n问：{text}")
         print("── base ──────────────")
         with base_only(model):
-            print_streamed(stream_text(model, tok, [ids], settings))
+            print_streamed(stream_text(model, tok, [ids], settings, [grammar]))
         print(f"── {tuned_label} ───────────")
-        print_streamed(stream_text(model, tok, [ids], settings))
+        print_streamed(stream_text(model, tok, [ids], settings, [grammar]))
 
 
 def print_streamed(texts) -> None:

@@ -13,6 +13,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a demo (or an offline node)
 
+from cblue.answer_grammar import grammar_for_prompt
 from cblue.compare import pick_examples
 from cblue.features import prompt_ids
 from cblue.records import read_records
@@ -37,8 +38,12 @@ def main():
     def encode(text: str) -> list[int]:
         return prompt_ids(tokenizer, text, None, args.max_source_length, "left")[0]
 
+    def grammar(text: str, record: dict | None) -> str | None:
+        return grammar_for_prompt(text, record, can_spell=tokenizer.can_spell)
+
     app = build_app(model, tokenizer, examples, encode, score_one,
-                    title=f"PromptCBLUE: base {args.model_name_or_path} vs tuned {checkpoint}")
+                    title=f"PromptCBLUE: base {args.model_name_or_path} vs tuned {checkpoint}",
+                    grammar_for=grammar, constrained=args.constrained_decoding)
     print(f"web_demo.py: {len(examples)} examples from {args.examples_file}; serving http://{args.host}:{args.port}",
           flush=True)
     app.queue().launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)

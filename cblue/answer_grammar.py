@@ -14,8 +14,8 @@ Facts behind the choices (measured on ../shared/data/promptcblue, train + dev):
     names), CHIP-CDEE words (88%) and IMCS-V2-SR symptoms are free text.
   * CHIP-CTC answers `非上述类型` (22 of 821) although no prompt or `answer_choices` offers it;
     it is the official label list's fallback of CTC, QIC and DAC, so it is always an option.
-  * Every answer may start with the space of sentencepiece's first piece and end in
-    whitespace: predictions are stripped before they are parsed.
+  * Every answer may start with the space of sentencepiece's first piece (`▁完全匹配`); it ends
+    where the layout ends (no trailing whitespace, which a model could otherwise pile up).
 """
 from __future__ import annotations
 
@@ -70,20 +70,26 @@ def _alt(options) -> str:
 # character (`，` `：` `；` `。` share their lead bytes with the text); inside one terminal the
 # automaton sorts that out by itself.
 def _grammar(answer_rule: str, *terminals: str) -> str:
-    return "\n".join(['start: " "? answer WS?', f"answer: {answer_rule}", *terminals, r"WS: /[ \n]+/"]) + "\n"
+    return "\n".join(['start: " "? answer', f"answer: {answer_rule}", *terminals]) + "\n"
+
+
+# A mention is never blank: the parser strips mentions, and a last mention of blanks would
+# leave the answer ending in a bare `，` once the prediction is stripped.
+_TRIMMED = r"/.*\S.*/"
 
 
 def _spans(text: str, stops: str) -> str:
-    """A terminal for a non-empty substring of `text` that crosses none of the characters in
-    `stops` (llguidance's substring lexeme, one per stretch between stops)."""
+    """A terminal for a substring of `text` that crosses none of the characters in `stops`
+    (llguidance's substring lexeme, one per stretch between stops)."""
     chunks = sorted({c for c in re.split("[" + re.escape(stops) + "]", text) if c.strip()}, key=text.find)
     if not chunks:
         return _free(stops)
-    return "(" + " | ".join("%regex " + json.dumps({"substring_chars": c}, ensure_ascii=False) for c in chunks) + ")"
+    subs = " | ".join("%regex " + json.dumps({"substring_chars": c}, ensure_ascii=False) for c in chunks)
+    return f"({subs}) & {_TRIMMED}"
 
 
 def _free(stops: str) -> str:
-    return "/[^" + stops.replace("\n", r"\n") + "]+/"
+    return "/[^" + stops.replace("\n", r"\n") + "]+/ & " + _TRIMMED
 
 
 def classification(task: str, options: list[str]) -> str:
@@ -227,3 +233,15 @@ def grammars_for_records(records: list[dict], version: str, prompt_column: str =
     if fallbacks > 20:
         logger.warning("%d records in all are predicted as free text because of their options", fallbacks)
     return out
+
+
+def grammar_for_prompt(prompt: str, record: dict | None = None, version: str = "v2",
+                       can_spell: Callable[[str], bool] | None = None) -> str | None:
+    """The grammar for one prompt typed or picked in chat.py / the web demo: a PromptCBLUE
+    record's own task and options when the prompt is that record's input, else what the
+    prompt's wording asks for (None: free text)."""
+    from .prompt_options import record_task_options
+
+    rec = record if record is not None and record.get("input") == prompt else {"input": prompt}
+    task, options = record_task_options(rec, version)
+    return answer_grammar(task, prompt, options, version, can_spell).lark

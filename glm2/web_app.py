@@ -38,7 +38,11 @@ def score_lines(record: dict | None, prompt: str, base: str, tuned: str,
 
 
 def build_app(model, tokenizer, examples: list[dict], encode: Callable[[str], list[int]],
-              scorer: Callable[[dict, str], tuple[str, float]] | None, title: str) -> gr.Blocks:
+              scorer: Callable[[dict, str], tuple[str, float]] | None, title: str,
+              grammar_for: Callable[[str, dict | None], str | None] | None = None,
+              constrained: bool = True) -> gr.Blocks:
+    """`grammar_for(prompt, example record or None)`: the grammar answers are constrained to
+    (None: free text), used while the page's "constrained" box is ticked."""
     tasks = [ALL_TASKS] + sorted({r.get("task_dataset", "") for r in examples} - {""})
     first_rows, first_picked = example_rows(examples, ALL_TASKS)
 
@@ -50,16 +54,17 @@ def build_app(model, tokenizer, examples: list[dict], encode: Callable[[str], li
         record = examples[picked[index]]
         return record["input"], picked[index], "", "", ""
 
-    def answer(prompt, chosen, max_new_tokens, sampling, temperature, top_p):
+    def answer(prompt, chosen, max_new_tokens, sampling, temperature, top_p, constrain):
         if not prompt.strip():
             yield "", "", "Type a prompt or pick an example."
             return
         settings = GenerationSettings(max_new_tokens=int(max_new_tokens), do_sample=bool(sampling),
                                       temperature=temperature if sampling else 1.0, top_p=top_p if sampling else 1.0)
-        base = tuned = ""
-        for base, tuned in side_by_side(model, tokenizer, encode(prompt), settings):
-            yield base, tuned, ""
         record = examples[chosen] if chosen is not None else None
+        grammar = grammar_for(prompt, record) if constrain and grammar_for else None
+        base = tuned = ""
+        for base, tuned in side_by_side(model, tokenizer, encode(prompt), settings, grammar):
+            yield base, tuned, ""
         yield base, tuned, score_lines(record, prompt, base, tuned, scorer)
 
     with gr.Blocks(title=title) as app:
@@ -75,6 +80,8 @@ def build_app(model, tokenizer, examples: list[dict], encode: Callable[[str], li
                 sampling = gr.Checkbox(False, label="sample (off: greedy, as evaluate.sh)", elem_id="sampling")
                 temperature = gr.Slider(0.05, 2.0, value=0.95, step=0.05, label="temperature")
                 top_p = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="top p")
+                constrain = gr.Checkbox(constrained and grammar_for is not None, elem_id="constrained",
+                                        label="constrained: only answers the official parser accepts (off: free text)")
         with gr.Row():
             base_box = gr.Textbox(label="Base model", lines=8, elem_id="base_answer")
             tuned_box = gr.Textbox(label="Tuned model", lines=8, elem_id="tuned_answer")
@@ -86,6 +93,6 @@ def build_app(model, tokenizer, examples: list[dict], encode: Callable[[str], li
 
         task.change(pick_task, [task], [table, picked])
         table.click(pick_example, [table, picked], [prompt, chosen, base_box, tuned_box, scores])
-        run.click(answer, [prompt, chosen, max_new_tokens, sampling, temperature, top_p],
+        run.click(answer, [prompt, chosen, max_new_tokens, sampling, temperature, top_p, constrain],
                   [base_box, tuned_box, scores], concurrency_limit=1)
     return app

@@ -332,3 +332,42 @@ def test_prompt_task_agrees_with_the_data():
                if r["task_dataset"] not in ("MedDG", "IMCS-V2-MRG", "IMCS-V2-NER"))
     total = sum(r["task_dataset"] not in ("MedDG", "IMCS-V2-MRG", "IMCS-V2-NER") for r in records)
     assert same / total > 0.95
+
+
+# --- the entry points ---------------------------------------------------------------------------
+
+def test_predict_is_constrained_by_default_and_says_so(tiny_model, tiny_checkpoint, tmp_path):
+    from conftest import run_main
+
+    args = ["--do_predict", "--test_file", os.path.join(ROOT, "PromptCBLUE", "dev.json"), "--model_name_or_path",
+            tiny_model, "--ptuning_checkpoint", tiny_checkpoint, "--max_source_length", "128",
+            "--max_target_length", "32", "--per_device_eval_batch_size", "16", "--report_to", "none"]
+    proc = run_main(args + ["--output_dir", str(tmp_path / "on")])
+    run_main(args + ["--output_dir", str(tmp_path / "off"), "--constrained_decoding", "false"])
+    assert "Constrained decoding: 80 of 90 records have an answer grammar" in proc.stdout
+    records = read(os.path.join(ROOT, "PromptCBLUE", "dev.json"))
+    for mode, want in (("on", "constrained"), ("off", "free")):
+        results = json.load(open(tmp_path / mode / "predict_results.json"))
+        scores = json.load(open(tmp_path / mode / "scores.json"))
+        assert results["predict_decoding"] == scores["decoding"] == want
+        assert set(scores["valid_answers"]) == {r["task_dataset"] for r in records} - {"MedDG", "IMCS-V2-MRG"}
+    on = json.load(open(tmp_path / "on" / "scores.json"))["valid_answers"]
+    assert all(v == 1.0 for v in on.values()), on
+    answers = [json.loads(l)["target"] for l in open(tmp_path / "on" / "test_predictions.json", encoding="utf-8")]
+    closed = [(r, a) for r, a in zip(records, answers) if r["task_dataset"] not in ("MedDG", "IMCS-V2-MRG")]
+    assert_all_valid([r for r, _ in closed], [a for _, a in closed], "v2")
+
+
+def test_chat_answers_the_story_prompt_with_an_option(tiny_model, tiny_checkpoint):
+    import subprocess
+    import sys
+
+    prompt = "句子A：糖尿病怎么治\\n句子B：糖尿病该怎么治好\\n这两句话表达的医学意思相同吗？\\n选项：相同，不同\\n答：\n"
+    run = lambda *extra: subprocess.run(
+        [sys.executable, "chat.py", "--model_name_or_path", tiny_model, "--ptuning_checkpoint", tiny_checkpoint,
+         "--max_new_tokens", "16", *extra], input=prompt, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    on, off = run(), run("--constrained_decoding", "false")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    answers = [block.split("\n", 1)[1].strip() for block in on.stdout.split("── ")[1:]]
+    assert len(answers) == 2 and all(a in ("相同", "不同") for a in answers), on.stdout
+    assert "decoding: constrained" in on.stdout and "decoding: free" in off.stdout

@@ -72,18 +72,22 @@ def browser():
         driver.quit()
 
 
-def _expected_answers(model_dir, checkpoint, prompt_text):
-    """Greedy base and tuned answers from the library, as main.py's prediction gives them."""
+def _expected_answers(model_dir, checkpoint, record):
+    """Greedy base and tuned answers from the library, as main.py's prediction gives them
+    (constrained to the example's options, the page's default)."""
+    from cblue.answer_grammar import grammar_for_prompt
     from cblue.features import prompt_ids
-    from glm2.generation import GenerationSettings, generate
+    from glm2.generation import GenerationSettings, constraint_for, generate
     from glm2.model import ChatGLM2, base_only
     from glm2.tokenizer import ChatGLM2Tokenizer
 
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
     tok = ChatGLM2Tokenizer.from_pretrained(model_dir)
-    ids = prompt_ids(tok, prompt_text, None, 700, "left")[0]
+    ids = prompt_ids(tok, record["input"], None, 700, "left")[0]
     settings = GenerationSettings(max_new_tokens=128)
-    run = lambda: tok.decode(generate(model, [ids], settings, tok.eos_token_id, tok.pad_token_id)[0]).strip()
+    grammar = grammar_for_prompt(record["input"], record, can_spell=tok.can_spell)
+    run = lambda: tok.decode(generate(model, [ids], settings, tok.eos_token_id, tok.pad_token_id,
+                                      constraint_for(model, tok, [grammar]))[0]).strip()
     with base_only(model):
         base = run()
     return base, run()
@@ -110,7 +114,7 @@ def test_page_loads_an_example_runs_and_both_answers_appear(demo_server, browser
     base = browser.find_element(By.CSS_SELECTOR, "#base_answer textarea").get_attribute("value")
     tuned = browser.find_element(By.CSS_SELECTOR, "#tuned_answer textarea").get_attribute("value")
     assert base.strip() and tuned.strip()
-    assert (base, tuned) == _expected_answers(tiny_model, tiny_checkpoint, record["input"])
+    assert (base, tuned) == _expected_answers(tiny_model, tiny_checkpoint, record)
     scores = browser.find_element(By.CSS_SELECTOR, "#scores").text
     assert record["target"].splitlines()[0] in scores
     assert "base" in scores and "tuned" in scores
