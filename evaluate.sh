@@ -9,6 +9,8 @@
 #   COMPARE_BASE=1 bash evaluate.sh                    # also the base model without prefix, side by side
 #   METHOD=lora bash evaluate.sh                       # the run `LORA_RANK=8 bash train.sh` made
 #   METHOD=full bash evaluate.sh                       # the run `METHOD=full bash train.sh` made
+#   CONSTRAINED=0 bash evaluate.sh                     # free text, as the original (default: answers of
+#                                                      # closed-set tasks constrained to what the parser accepts)
 # CHECKPOINT names a run under output/ (any kind: prefix, LoRA adapter, full model; recognised by its files).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,6 +49,8 @@ if [ -z "${STEP:-}" ]; then  # the newest complete checkpoint
 fi
 EXTRA=()
 [ -n "${COMPARE_BASE:-}" ] && [ "${COMPARE_BASE}" != "0" ] && EXTRA+=(--compare_base)
+OUT=output/$CHECKPOINT/eval-$STEP
+if [ "${CONSTRAINED:-1}" = 0 ]; then EXTRA+=(--constrained_decoding false); OUT=$OUT-free; fi
 
 echo "evaluate.sh: $MODEL + output/$CHECKPOINT/checkpoint-$STEP on $TEST_FILE"
 "${LAUNCH[@]}" \
@@ -58,11 +62,11 @@ echo "evaluate.sh: $MODEL + output/$CHECKPOINT/checkpoint-$STEP on $TEST_FILE"
     --response_column target \
     --model_name_or_path "$MODEL" \
     --ptuning_checkpoint "output/$CHECKPOINT/checkpoint-$STEP" \
-    --output_dir "output/$CHECKPOINT/eval-$STEP" \
+    --output_dir "$OUT" \
     --overwrite_output_dir \
     --per_device_eval_batch_size "$BATCH" \
     --predict_with_generate \
     "${DEFAULTS[@]}" \
     "${EXTRA[@]}" \
     "$@"
-echo "evaluate.sh: outputs in output/$CHECKPOINT/eval-$STEP (generated_predictions.txt, test_predictions.json, results.json, scores.json)"
+echo "evaluate.sh: outputs in $OUT (generated_predictions.txt, test_predictions.json, results.json, scores.json)"

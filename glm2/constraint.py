@@ -96,10 +96,11 @@ class GrammarEngine:
         bitmask = torch.empty((len(matchers), self.words), dtype=torch.int32)
         for i, m in enumerate(matchers):
             m.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), self.words * 4)
-        bits = ((bitmask.unsqueeze(-1) >> self._bits) & 1).bool().view(len(matchers), -1)
-        out = torch.zeros((len(matchers), self.vocab_size), dtype=torch.bool)
-        n = min(self.vocab_size, bits.shape[1])
-        out[:, :n] = bits[:, :n]
+        bits = ((bitmask.unsqueeze(-1) >> self._bits) & 1).view(len(matchers), -1).bool()
+        if bits.shape[1] >= self.vocab_size:
+            out = bits[:, :self.vocab_size]
+        else:  # logits wider than the tokenizer (padded vocabulary): those ids are never allowed
+            out = torch.nn.functional.pad(bits, (0, self.vocab_size - bits.shape[1]))
         if self._twins is not None:
             any_twin = out[:, self._twins].any(dim=-1, keepdim=True)  # [rows, groups, 1]
             out[:, self._twins] = any_twin.expand(-1, -1, self._twins.shape[1])
@@ -137,8 +138,8 @@ class BatchConstraint:
 
     def __init__(self, engine: GrammarEngine, grammars: list[str | None]):
         self.engine = engine
-        self.rows = [RowConstraint(m) if (m := engine.matcher(g) if g else None) is not None else None
-                     for g in grammars]
+        matchers = [engine.matcher(g) if g else None for g in grammars]
+        self.rows = [RowConstraint(m) if m is not None else None for m in matchers]
 
     @classmethod
     def build(cls, tokenizer, vocab_size: int, grammars) -> "BatchConstraint | None":
