@@ -12,9 +12,10 @@ Two rules make a constrained answer valid by construction without changing a val
   * at every step, tokens the grammar does not allow get -inf, so a greedy path that was
     already valid is untouched (its tokens are always allowed);
   * a row's tokens are released only up to the last point where the grammar accepts the
-    text; what follows is held back until the grammar accepts again, and dropped if the
-    token budget runs out first. An answer cut off by max_new_tokens is therefore the longest
-    valid prefix, never a half-written option.
+    text; what follows is held back until the grammar accepts again. If the token budget runs
+    out first, the answer ends at the last byte where the grammar accepted (a token cut by
+    that point is given as its bytes' byte-fallback ids): the longest valid prefix, never a
+    half-written option or line, even where a token runs past a line's end (`"]]\n`).
 """
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ class GrammarEngine:
         twins = [g for g in groups.values() if len(g) > 1]
         width = max((len(g) for g in twins), default=0)
         self._twins = torch.tensor([g + [g[0]] * (width - len(g)) for g in twins], dtype=torch.long) if twins else None
+        self.token_bytes = token_bytes
+        self.byte_ids = {b[0]: i for i, b in reversed(list(enumerate(token_bytes))) if len(b) == 1}
 
     def matcher(self, grammar: str):
         """A fresh matcher for `grammar`, or None (with a warning) if the grammar is invalid."""
@@ -108,11 +111,14 @@ class GrammarEngine:
 
 
 class RowConstraint:
-    """One row's grammar state: its matcher and the tokens held back until it accepts."""
+    """One row's grammar state: its matcher, the tokens held back until it accepts, and the
+    tokens released so far (to find the last accepting byte when the budget ends)."""
 
-    def __init__(self, matcher):
-        self.matcher = matcher
+    def __init__(self, matcher, engine: GrammarEngine):
+        self.matcher, self.engine = matcher, engine
+        self.start = matcher.deep_copy() if matcher is not None else None  # the grammar before any token
         self.held: list[int] = []
+        self.released: list[int] = []
 
     def advance(self, token: int) -> list[int]:
         """Feed one generated token; return the tokens that may be released now."""
@@ -123,13 +129,43 @@ class RowConstraint:
             self.matcher = None
         if self.matcher is None or self.matcher.is_accepting():
             released, self.held = self.held + [token], []
+            self.released += released
             return released
         self.held.append(token)
         return []
 
+    def finish(self) -> list[int]:
+        """The budget ran out: what of the held-back text may still be released, i.e. its
+        bytes up to the last one where the grammar accepts (as byte-fallback ids where a
+        token is cut); nothing if the tokenizer has no id for some byte."""
+        if not self.held or self.start is None:
+            return []
+        replay = self.start.deep_copy()
+        if not all(replay.consume_token(t) for t in self.released):
+            return []
+        data = b"".join(self.engine.token_bytes[t] for t in self.held)
+        best, ids = 0, []
+        for k, byte in enumerate(data, 1):
+            token = self.engine.byte_ids.get(byte)
+            if token is None or not replay.consume_token(token):
+                break
+            ids.append(token)
+            if replay.is_accepting():
+                best = k
+        out, used = [], 0  # held tokens wholly inside the valid bytes as they are, the rest as byte ids
+        for t in self.held:
+            if used + len(self.engine.token_bytes[t]) > best:
+                break
+            out.append(t)
+            used += len(self.engine.token_bytes[t])
+        self.held = []
+        return out + ids[used:best]
+
     def copy(self) -> "RowConstraint":
-        other = RowConstraint(self.matcher.deep_copy() if self.matcher is not None else None)
-        other.held = list(self.held)
+        other = RowConstraint.__new__(RowConstraint)
+        other.engine, other.start = self.engine, self.start
+        other.matcher = self.matcher.deep_copy() if self.matcher is not None else None
+        other.held, other.released = list(self.held), list(self.released)
         return other
 
 
@@ -139,7 +175,7 @@ class BatchConstraint:
     def __init__(self, engine: GrammarEngine, grammars: list[str | None]):
         self.engine = engine
         matchers = [engine.matcher(g) if g else None for g in grammars]
-        self.rows = [RowConstraint(m) if m is not None else None for m in matchers]
+        self.rows = [RowConstraint(m, engine) if m is not None else None for m in matchers]
 
     @classmethod
     def build(cls, tokenizer, vocab_size: int, grammars) -> "BatchConstraint | None":
@@ -185,3 +221,8 @@ class BatchConstraint:
         """Tokens of prompt `row` that can be shown now, after `token` (eos is never passed)."""
         c = self.rows[row]
         return [token] if c is None else c.advance(token)
+
+    def finish(self, row: int) -> list[int]:
+        """Prompt `row` ran out of budget: the held-back tokens that still end validly."""
+        c = self.rows[row]
+        return [] if c is None else c.finish()

@@ -167,7 +167,11 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constrai
         else:
             yield [(row, t) for row, token, done in zip(active, chosen, ended) if not done
                    for t in constraint.advance(row, token)]
-        if step == settings.max_new_tokens - 1 or all(ended):
+        if all(ended):
+            break
+        if step == settings.max_new_tokens - 1:
+            if constraint is not None:  # cut off by the budget: each answer ends where its grammar accepted last
+                yield [(row, t) for row, done in zip(active, ended) if not done for t in constraint.finish(row)]
             break
         if any(ended):  # finished rows leave the batch: short answers stop costing compute
             keep = [i for i, done in enumerate(ended) if not done]
@@ -218,9 +222,8 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
         if constraint is not None:
             constraint = constraint.advanced(keep_beam, keep_tok)
         if step == settings.max_new_tokens - 1:
-            held = [len(c.held) if c is not None else 0 for c in constraint.rows] if constraint else [0] * len(keep_beam)
-            done.extend((s / (len(beams[b]) + 1), (beams[b] + [t])[:len(beams[b]) + 1 - h])
-                        for b, t, s, h in zip(keep_beam, keep_tok, keep_score, held))
+            done.extend((s / (len(beams[b]) + 1), _valid_end(beams[b] + [t], constraint, i))
+                        for i, (b, t, s) in enumerate(zip(keep_beam, keep_tok, keep_score)))
             break
         index = torch.tensor(keep_beam, device=ids.device)
         beams = [beams[b] + [t] for b, t in zip(keep_beam, keep_tok)]
@@ -229,10 +232,16 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
         stepper.reorder(index)
         seen = torch.cat([seen[index], tokens[:, None]], dim=-1)
         logits = stepper.step(tokens)
-    if done:
-        return max(done, key=lambda d: d[0])[1]
-    held = len(constraint.rows[0].held) if constraint is not None and constraint.rows[0] is not None else 0
-    return beams[0][:len(beams[0]) - held]
+    return max(done, key=lambda d: d[0])[1] if done else _valid_end(beams[0], constraint, 0)
+
+
+def _valid_end(tokens: list[int], constraint: BatchConstraint | None, beam: int) -> list[int]:
+    """A beam cut off by the budget: its tokens up to where its grammar accepted last."""
+    row = constraint.rows[beam] if constraint is not None else None
+    if row is None or not row.held:
+        return tokens
+    held = len(row.held)
+    return tokens[:len(tokens) - held] + row.copy().finish()
 
 
 def side_by_side(model: ChatGLM2, tokenizer, prompt: list[int], settings: GenerationSettings,

@@ -371,3 +371,25 @@ def test_chat_answers_the_story_prompt_with_an_option(tiny_model, tiny_checkpoin
     answers = [block.split("\n", 1)[1].strip() for block in on.stdout.split("── ")[1:]]
     assert len(answers) == 2 and all(a in ("相同", "不同") for a in answers), on.stdout
     assert "decoding: constrained" in on.stdout and "decoding: free" in off.stdout
+
+
+@pytest.mark.parametrize("task,answer,cut_at", [
+    ("Text2DT", '根据给定的指南文本抽取的诊疗决策树如下：\n节点0：role=C；logical_rel=null；triples=[["肺炎", "临床表现", "胸闷"]]'
+                '\n节点1：role=D；logical_rel=null；triples=[["肺', '"]]'),
+    ("KUAKE-QTR", "很少匹配有一些", None),
+    ("CMeEE-V2", "上述句子中的实体包含：\n疾病实体：肺炎，", "肺炎"),
+])
+def test_an_answer_cut_by_the_budget_ends_where_the_grammar_accepted(tok, task, answer, cut_at):
+    """Hold-back and the final cut, on the tokens of a half-written answer: what comes out is
+    the longest prefix the grammar accepts, even inside a token (`"]]\\n`)."""
+    from glm2.constraint import BatchConstraint
+
+    rec = {"input": "肺炎患者若伴有胸闷，则用阿莫西林。", "task_dataset": task,
+           "answer_choices": {"KUAKE-QTR": ["完全匹配", "很少匹配有一些参考价值"], "CMeEE-V2": ["疾病"]}.get(task, [])}
+    grammar = grammars_for_records([rec], "v2")[0]
+    c = BatchConstraint(engine_for(tok, len(tok)), [grammar])
+    out = [t for token in tok.encode_text(answer) for t in c.advance(0, token)] + c.finish(0)
+    text = b"".join(tok.token_bytes()[t] for t in out).decode("utf-8").lstrip(" ")
+    want = "" if cut_at is None else answer[:answer.rindex(cut_at) + len(cut_at)]
+    assert text == want
+    assert text == "" or answer_is_valid(task, text, rec["answer_choices"])
