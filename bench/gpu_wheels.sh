@@ -10,8 +10,8 @@ PY=python3
 mkdir -p .whl
 # Compiled packages: wheels for the GPU machine's Python (3.12, x86-64).
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl xxhash multiprocess dill
+  --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .whl xxhash multiprocess dill llguidance==1.9.1
 # Pure-Python packages (some ship only a source archive): built into wheels here.
 $PY -m pip wheel -q --no-deps -w .whl transformers==5.23.0 datasets==5.2.0 \
   jieba==0.42.1 nltk==3.10.4 rouge-chinese==1.0.3 peft==0.21.2

@@ -393,3 +393,13 @@ def test_an_answer_cut_by_the_budget_ends_where_the_grammar_accepted(tok, task, 
     want = "" if cut_at is None else answer[:answer.rindex(cut_at) + len(cut_at)]
     assert text == want
     assert text == "" or answer_is_valid(task, text, rec["answer_choices"])
+
+
+@needs_golden
+def test_compiled_decode_step_gives_the_same_constrained_answers(model, tok):
+    records = closed_set_records(os.path.join(ROOT, "PromptCBLUE", "dev.json"), 1, seed=4)[:6]
+    eager = constrained_answers(model, tok, records, "v2", GenerationSettings(max_new_tokens=16), batch=6)
+    compiled = constrained_answers(model, tok, records, "v2", GenerationSettings(max_new_tokens=16, compiled=True),
+                                   batch=6)
+    assert compiled == eager
+    assert_all_valid(records, compiled, "v2")
