@@ -35,7 +35,7 @@ if [ -z "${MODEL:-}" ]; then
   case "$METHOD" in lora) LR=${LR:-2e-3} ;; full) LR=${LR:-5e-4} ;; *) LR=${LR:-3e-2} ;; esac
   CHECKPOINT=${CHECKPOINT:-tiny-chatglm2-$TAG-$LR}
   BATCH=${BATCH:-16}
-  DEFAULTS=(--max_source_length 128 --max_target_length 64)
+  DEFAULTS=(--max_source_length 128 --max_target_length 96)
 else
   case "$METHOD" in lora) LR=${LR:-2e-4} ;; full) LR=${LR:-1e-4} ;; *) LR=${LR:-2e-2} ;; esac
   CHECKPOINT=${CHECKPOINT:-promptcblue-chatglm2-6b-$TAG-$LR}

@@ -112,6 +112,11 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     logger.info("Training data %s: %d records, %d skipped (empty target), %d prompts truncated to %d tokens "
                 "(side: %s)", data_args.train_file, stats["records"], stats["skipped_empty_target"],
                 stats["truncated_prompts"], data_args.max_source_length, data_args.source_truncation_side)
+    if stats["truncated_targets"]:
+        # A cut target ends in eos mid-answer: the model learns to stop there (half a Text2DT node,
+        # an unfinished line), and constrained decoding then has to finish what it never saw.
+        logger.warning("%d of %d targets are longer than --max_target_length %d and are cut: raise it to cover "
+                       "the answers", stats["truncated_targets"], stats["records"], data_args.max_target_length)
 
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and not legacy_args.overwrite_output_dir:

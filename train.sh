@@ -51,7 +51,7 @@ if [ -z "${MODEL:-}" ]; then
             --pretrain_steps ${PRETRAIN_STEPS:-600} | tail -n 1)
   case "$METHOD" in lora) LR=${LR:-2e-3} ;; full) LR=${LR:-5e-4} ;; *) LR=${LR:-3e-2} ;; esac
   RUN=${RUN:-tiny-chatglm2-$TAG-$LR}
-  DEFAULTS=(--max_source_length 128 --max_target_length 64 --per_device_train_batch_size 8
+  DEFAULTS=(--max_source_length 128 --max_target_length 96 --per_device_train_batch_size 8
             --gradient_accumulation_steps 1 --max_steps ${MAX_STEPS:-1600} --logging_steps 20 --save_steps 400
             --dataloader_num_workers 0)
   echo "train.sh: no MODEL given; tuning ($METHOD) the embedded tiny ChatGLM2 in $MODEL on $DATA/train.json (CPU)."

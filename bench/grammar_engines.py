@@ -175,8 +175,34 @@ def main():
                                  "CMeEE-V2": measure(engine, tok, ner, "ner")}
         except Exception as e:  # an engine that cannot take this tokenizer is a result too
             results[cls.name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    results["llguidance_batch_mask_ms"] = batch_mask(tok, ctc + ner)
     report({"bench": "grammar_engines", "model": model_dir, "vocab": len(tok), "records_per_grammar": args.records,
             **results})
+
+
+def batch_mask(tok, records) -> dict:
+    """What one decode step of a batch costs in generation: every row's mask (glm2/constraint.py,
+    unpacked to a bool mask over the vocabulary, byte twins merged), rows mid-answer."""
+    from cblue.answer_grammar import grammars_for_records
+    from glm2.constraint import GrammarEngine
+
+    engine = GrammarEngine(tok, len(tok))
+    grammars = grammars_for_records(records, "v1")
+    out = {}
+    for batch in (16, 64):
+        matchers = []
+        for r, g in zip((records * 4)[:batch], (grammars * 4)[:batch]):
+            m = engine.matcher(g)
+            for t in tok.encode_text(r["target"])[:3]:
+                m.consume_token(t)
+            matchers.append(m)
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            engine.allowed(matchers)
+            times.append(time.perf_counter() - start)
+        out[f"batch_{batch}"] = round(1e3 * statistics.median(times), 3)
+    return out
 
 
 if __name__ == "__main__":

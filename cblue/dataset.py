@@ -37,8 +37,8 @@ def tokenize_for_training(ds, tokenizer, data_args, num_proc=None, overwrite_cac
     out = ds.map(fn, batched=True, num_proc=num_proc, remove_columns=ds.column_names,
                  load_from_cache_file=not overwrite_cache, desc="Tokenizing training data")
     stats = {"records": len(ds), "skipped_empty_target": len(ds) - len(out),
-             "truncated_prompts": int(sum(out["truncated"]))}
-    return out.remove_columns("truncated"), stats
+             "truncated_prompts": int(sum(out["truncated"])), "truncated_targets": int(sum(out["target_cut"]))}
+    return out.remove_columns(["truncated", "target_cut"]), stats
 
 
 def tokenize_for_generation(ds, tokenizer, data_args, num_proc=None, overwrite_cache=False):

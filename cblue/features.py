@@ -39,14 +39,16 @@ def train_features(batch: dict, tokenizer, prompt_column: str, response_column: 
     Records with an empty answer become no row (the caller counts them); rows are not padded
     here: the collator pads each batch to its own longest row.
     """
-    out = {"input_ids": [], "labels": [], "truncated": []}
+    out = {"input_ids": [], "labels": [], "truncated": [], "target_cut": []}
     for i in range(len(batch[prompt_column])):
         query, answer = batch[prompt_column][i], batch[response_column][i]
         if not query or not answer:
             continue
         history = batch[history_column][i] if history_column else None
         a, cut = prompt_ids(tokenizer, source_prefix + query, history, max_source_length, side)
-        b = tokenizer.encode_text(answer)[:max_target_length]
+        b = tokenizer.encode_text(answer)
+        out["target_cut"].append(len(b) > max_target_length)
+        b = b[:max_target_length]
         out["input_ids"].append(a + b + [tokenizer.eos_token_id])
         out["labels"].append([-100] * len(a) + b + [tokenizer.eos_token_id])
         out["truncated"].append(cut)

@@ -95,3 +95,12 @@ def test_special_tokens_written_in_text_are_split_out(tiny_model):
     tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
     assert tok.encode_text("头痛 </s> 发热") == tok.encode_text("头痛") + [tok.eos_token_id] + tok.encode_text("发热")
     assert tok.encode_text("<unk>") == [tok.unk_token_id]
+
+
+def test_targets_longer_than_max_target_length_are_counted(tiny_model):
+    """A cut target ends in eos mid-answer, which the model then learns: main.py warns with this count."""
+    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    batch = {"input": ["问题一", "问题二"], "target": ["短", "很长的答案" * 20]}
+    out = train_features(batch, tok, "input", "target", None, 64, 8, "left")
+    assert out["target_cut"] == [False, True]
+    assert len(out["labels"][1]) - out["labels"][1].count(-100) == 8 + 1  # 8 answer tokens + eos
