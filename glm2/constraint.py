@@ -114,9 +114,8 @@ class RowConstraint:
     """One row's grammar state: its matcher, the tokens held back until it accepts, and the
     tokens released so far (to find the last accepting byte when the budget ends)."""
 
-    def __init__(self, matcher, engine: GrammarEngine):
-        self.matcher, self.engine = matcher, engine
-        self.start = matcher.deep_copy() if matcher is not None else None  # the grammar before any token
+    def __init__(self, matcher, engine: GrammarEngine, grammar: str):
+        self.matcher, self.engine, self.grammar = matcher, engine, grammar
         self.held: list[int] = []
         self.released: list[int] = []
 
@@ -138,10 +137,10 @@ class RowConstraint:
         """The budget ran out: what of the held-back text may still be released, i.e. its
         bytes up to the last one where the grammar accepts (as byte-fallback ids where a
         token is cut); nothing if the tokenizer has no id for some byte."""
-        if not self.held or self.start is None:
+        if not self.held or self.matcher is None:
             return []
-        replay = self.start.deep_copy()
-        if not all(replay.consume_token(t) for t in self.released):
+        replay = self.engine.matcher(self.grammar)  # the grammar from its start (compiled once, cached)
+        if replay is None or not all(replay.consume_token(t) for t in self.released):
             return []
         data = b"".join(self.engine.token_bytes[t] for t in self.held)
         best, ids = 0, []
@@ -163,7 +162,7 @@ class RowConstraint:
 
     def copy(self) -> "RowConstraint":
         other = RowConstraint.__new__(RowConstraint)
-        other.engine, other.start = self.engine, self.start
+        other.engine, other.grammar = self.engine, self.grammar
         other.matcher = self.matcher.deep_copy() if self.matcher is not None else None
         other.held, other.released = list(self.held), list(self.released)
         return other
@@ -175,7 +174,7 @@ class BatchConstraint:
     def __init__(self, engine: GrammarEngine, grammars: list[str | None]):
         self.engine = engine
         matchers = [engine.matcher(g) if g else None for g in grammars]
-        self.rows = [RowConstraint(m, engine) if m is not None else None for m in matchers]
+        self.rows = [RowConstraint(m, engine, g) if m is not None else None for m, g in zip(matchers, grammars)]
 
     @classmethod
     def build(cls, tokenizer, vocab_size: int, grammars) -> "BatchConstraint | None":
