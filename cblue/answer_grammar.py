@@ -96,19 +96,28 @@ def classification(task: str, options: list[str]) -> str:
     return _grammar(_alt(label_options(task, options)))
 
 
+# Lists of options are bounded by the number of options (the layouts name each at most once):
+# an undecided model cannot fill its budget with `胃炎，胃炎，…`.
+def _upto(item: str, sep: str, n: int) -> str:
+    """1 to n items joined by `sep`."""
+    return item if n <= 1 else f"{item} ({sep} {item}){{0,{n - 1}}}"
+
+
 def cdn(terms: list[str]) -> str:
-    return _grammar(f"{_lit(CDN_NONE)} | TERMS", f"TERMS: TERM (\"，\" TERM)*", f"TERM: {_alt(terms)}")
+    return _grammar(f"{_lit(CDN_NONE)} | TERMS", f"TERMS: {_upto('TERM', _lit('，'), len(terms))}",
+                    f"TERM: {_alt(terms)}")
 
 
 def ner(types: list[str], mention: str) -> str:
-    return _grammar(f"{_lit(NER_NONE)} | {_lit(NER_LEAD)} (\"\\n\" LINE)* | LINE (\"\\n\" LINE)*",
+    lines = _upto("LINE", _lit("\n"), len(types))
+    return _grammar(f"{_lit(NER_NONE)} | {_lit(NER_LEAD)} (\"\\n\" {lines})? | {lines}",
                     f"LINE: {_alt(t + '实体：' for t in types)} (MENTION (\"，\" MENTION)*)?",
                     f"MENTION: {mention}")
 
 
 def cmeie(relations: list[str], entity: str) -> str:
     pair = '"头实体为" ENTITY "，尾实体为" ENTITY'
-    return _grammar(f"{_lit(CMEIE_NONE)} | LINE (\"\\n\" LINE)*",
+    return _grammar(f"{_lit(CMEIE_NONE)} | {_upto('LINE', _lit(chr(10)), len(relations))}",
                     f"LINE: {_alt('具有' + r + '关系的头尾实体对如下：' for r in relations)} ({pair} \"。\")* ({pair})?",
                     f"ENTITY: {entity}")
 
@@ -132,7 +141,7 @@ def cmedcausal(relations: list[str]) -> str:
     for rel in relations:
         head = _lit(f"根据给定的文本抽取的{rel}三元组如下：")
         sections.append(f"{head} (\"\\n\" {'COND' if rel == '条件关系' else 'PAIR'})*")
-    return _grammar(f"{_lit(CAUSAL_NONE)} | section (\"\\n\" section)*",
+    return _grammar(f"{_lit(CAUSAL_NONE)} | {_upto('section', _lit(chr(10)), len(relations))}",
                     "section: " + " | ".join(sections),
                     "PAIR: \"头实体：\" X \"；尾实体：\" X",
                     "COND: \"头实体：\" X \"；尾三元组：头实体：\" X \"；尾实体：\" X \"；关系：因果关系\"",

@@ -41,17 +41,20 @@ def answer_is_valid(task: str, text: str, options, version: str = "v2") -> bool 
     if task in g.CLASSIFICATION:
         return text in g.label_options(task, options)
     if task == "CHIP-CDN":
+        terms = text.split("，")
         return text == g.CDN_NONE or ("\n" not in text and text != "" and not (version == "v1" and "," in text) and
-                                      all(p.strip() in options for p in text.split("，")))
+                                      len(terms) <= len(options) and all(p.strip() in options for p in terms))
     if task in g.NER:
         if text == g.NER_NONE:
             return True
         lines = text.split("\n")
         lines = lines[1:] if lines[0] == g.NER_LEAD else lines
         heads = [t + "实体：" for t in options]
-        return all(any(line.startswith(h) and _items(line[len(h):]) for h in heads) for line in lines)
+        return len(lines) <= len(options) and all(any(line.startswith(h) and _items(line[len(h):]) for h in heads)
+                                                  for line in lines)
     if task in ("CMeIE", "CMeIE-V2"):
-        return text == g.CMEIE_NONE or all(_cmeie_line(line, options) for line in text.split("\n"))
+        lines = text.split("\n")
+        return text == g.CMEIE_NONE or (len(lines) <= len(options) and all(_cmeie_line(line, options) for line in lines))
     if task == "CHIP-CDEE":
         lines = _lines_after(text, g.CDEE_LEAD)
         return lines is not None and all(_cdee_event(line) for line in lines)
@@ -84,14 +87,14 @@ def _cdee_event(line: str) -> bool:
 
 
 def _causal(text: str, relations: list[str]) -> bool:
-    current = None
+    current, sections = None, 0
     for line in text.split("\n"):
         header = next((r for r in relations if line == f"根据给定的文本抽取的{r}三元组如下："), None)
         if header:
-            current = header
+            current, sections = header, sections + 1
         elif current is None or not (_CAUSAL_COND if current == "条件关系" else _CAUSAL_PAIR).fullmatch(line):
             return False
-    return True
+    return sections <= len(relations)
 
 
 def _node(line: str) -> bool:
