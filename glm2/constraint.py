@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ class GrammarEngine:
         self.words = (self.tokenizer.vocab_size + 31) // 32
         self._compiled: OrderedDict[str, object] = OrderedDict()
         self._cache_size = cache_size
-        self._bits = torch.arange(32, dtype=torch.int32)
         # Ids that spell the same bytes (a sentencepiece piece and its byte-fallback twin, `a`
         # and `<0x61>`): llguidance's token trie keeps one of them; a mask allows all or none,
         # so that a valid path through the other one is never cut.
@@ -94,19 +94,19 @@ class GrammarEngine:
             self._compiled.move_to_end(grammar)
         return template.deep_copy()
 
-    def allowed(self, matchers: list) -> torch.Tensor:
-        """Bool [len(matchers), vocab_size]: the tokens each matcher allows next."""
-        bitmask = torch.empty((len(matchers), self.words), dtype=torch.int32)
+    def forbidden(self, matchers: list) -> torch.Tensor:
+        """Bool [len(matchers), vocab_size]: the tokens each matcher forbids next. (One call per
+        matcher: llguidance's LLExecutor computes a batch on a thread pool, but measured here
+        its hand-off costs more than the ~10-40 us a mask takes.)"""
+        bitmask = np.empty((len(matchers), self.words), dtype=np.int32)
         for i, m in enumerate(matchers):
-            m.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), self.words * 4)
-        bits = ((bitmask.unsqueeze(-1) >> self._bits) & 1).view(len(matchers), -1).bool()
-        if bits.shape[1] >= self.vocab_size:
-            out = bits[:, :self.vocab_size]
-        else:  # logits wider than the tokenizer (padded vocabulary): those ids are never allowed
-            out = torch.nn.functional.pad(bits, (0, self.vocab_size - bits.shape[1]))
+            m.unsafe_compute_mask_ptr(bitmask[i].ctypes.data, self.words * 4)
+        bits = np.unpackbits((~bitmask).view(np.uint8), axis=1, bitorder="little")  # 1 = forbidden
+        if bits.shape[1] < self.vocab_size:  # logits wider than the tokenizer (padded vocabulary): never allowed
+            bits = np.pad(bits, ((0, 0), (0, self.vocab_size - bits.shape[1])), constant_values=1)
+        out = torch.from_numpy(bits[:, :self.vocab_size]).view(torch.bool)
         if self._twins is not None:
-            any_twin = out[:, self._twins].any(dim=-1, keepdim=True)  # [rows, groups, 1]
-            out[:, self._twins] = any_twin.expand(-1, -1, self._twins.shape[1])
+            out[:, self._twins] = out[:, self._twins].all(dim=-1, keepdim=True).expand(-1, -1, self._twins.shape[1])
         return out
 
 
@@ -201,19 +201,37 @@ class BatchConstraint:
             other.rows.append(row)
         return other
 
-    def mask_(self, scores: torch.Tensor, active: list[int]) -> torch.Tensor:
+    def refused(self, active: list[int], chosen: list[int]) -> list[int]:
+        """Positions j whose chosen token (for prompt active[j]) its grammar does not allow next.
+        Greedy decoding needs a mask only for these rows: where the grammar allows the argmax,
+        the masked argmax is the same token. (A mask over the vocabulary costs tens of
+        microseconds a row; checking one token, about one.)"""
+        out = []
+        for j, (r, t) in enumerate(zip(active, chosen)):
+            c = self.rows[r]
+            if c is None or c.matcher is None:
+                continue
+            ok = c.matcher.is_accepting() if t == self.engine.eos_token_id else c.matcher.validate_tokens([t]) == 1
+            if not ok:
+                out.append(j)
+        return out
+
+    def mask_(self, scores: torch.Tensor, active: list[int], only: list[int] | None = None) -> torch.Tensor:
         """Set to -inf, in place, what each active row's grammar forbids; scores[j] is prompt
-        active[j]'s. A grammar that allows nothing at all (a matcher in error) allows eos."""
-        picked = [(j, self.rows[r]) for j, r in enumerate(active)
-                  if self.rows[r] is not None and self.rows[r].matcher is not None]
+        active[j]'s (`only`: just these positions j). A grammar that allows nothing at all (a
+        matcher in error) allows eos."""
+        positions = range(len(active)) if only is None else only
+        picked = [(j, self.rows[active[j]]) for j in positions
+                  if self.rows[active[j]] is not None and self.rows[active[j]].matcher is not None]
         if not picked:
             return scores
-        allowed = self.engine.allowed([c.matcher for _, c in picked])
-        allowed[~allowed.any(dim=1), self.engine.eos_token_id] = True
-        index = torch.tensor([j for j, _ in picked])
-        allowed = allowed[:, :scores.shape[1]].to(scores.device)
-        sub = scores.index_select(0, index.to(scores.device))
-        scores.index_copy_(0, index.to(scores.device), sub.masked_fill(~allowed, float("-inf")))
+        forbidden = self.engine.forbidden([c.matcher for _, c in picked])
+        forbidden[forbidden.all(dim=1), self.engine.eos_token_id] = False
+        forbidden = forbidden[:, :scores.shape[1]].to(scores.device)
+        if len(picked) == scores.shape[0]:  # every row constrained (the usual batch): one op
+            return scores.masked_fill_(forbidden, float("-inf"))
+        index = torch.tensor([j for j, _ in picked], device=scores.device)
+        scores.index_copy_(0, index, scores.index_select(0, index).masked_fill(forbidden, float("-inf")))
         return scores
 
     def advance(self, row: int, token: int) -> list[int]:

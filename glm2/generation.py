@@ -153,14 +153,19 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constrai
     seen, logits = ids, stepper.logits
     for step in range(settings.max_new_tokens):
         scores = procs(seen, logits) if procs else logits
-        if constraint is not None:
-            scores = constraint.mask_(scores, active)
         if settings.do_sample:
+            if constraint is not None:
+                scores = constraint.mask_(scores, active)
             probs = torch.softmax(scores, dim=-1).cpu()
             tokens = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(ids.device)
         else:
             tokens = scores.argmax(dim=-1)
         chosen = tokens.tolist()  # the step's one device-to-host copy
+        if constraint is not None and not settings.do_sample:
+            redo = constraint.refused(active, chosen)  # greedy: a mask only where the argmax is not allowed
+            if redo:
+                tokens = constraint.mask_(scores, active, only=redo).argmax(dim=-1)
+                chosen = tokens.tolist()
         ended = [t == eos_token_id for t in chosen]
         if constraint is None:
             yield [(row, token) for row, token, done in zip(active, chosen, ended) if not done]
