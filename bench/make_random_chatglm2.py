@@ -2,6 +2,8 @@
 
     python bench/make_random_chatglm2.py --shape 6b --out /tmp/chatglm2-6b-random     # 12.5 GB, fp16
     python bench/make_random_chatglm2.py --shape tiny --out /tmp/chatglm2-tiny-random
+    python bench/make_random_chatglm2.py --shape small --out /tmp/chatglm2-small-65k \
+        --tokenizer_data ../shared/data/promptcblue/train.json --vocab 64789       # ChatGLM2's vocabulary size
 
 Like THUDM/chatglm2-6b: config.json (model_type chatglm), `pytorch_model-0000N-of-0000M.bin`
 shards with their `pytorch_model.bin.index.json`, original tensor names (fused
@@ -23,6 +25,11 @@ SHAPES = {
                ffn_hidden_size=13696, padded_vocab_size=65024),
     "tiny": dict(num_layers=2, hidden_size=256, num_attention_heads=8, kv_channels=32, multi_query_group_num=2,
                  ffn_hidden_size=688, padded_vocab_size=4096),
+    # ~240M parameters with ChatGLM2's 65k vocabulary: a decode step of tens of milliseconds on a
+    # CPU, the order of the 6B model's on a GPU (what per-step costs such as a grammar mask are
+    # measured against).
+    "small": dict(num_layers=8, hidden_size=1024, num_attention_heads=16, kv_channels=64, multi_query_group_num=2,
+                  ffn_hidden_size=2816, padded_vocab_size=65024),
 }
 
 
@@ -43,7 +50,8 @@ def _normal(shape, dtype, gen):
     return (torch.randn(shape, generator=gen) * 0.02).to(dtype)
 
 
-def write(out: str, shape: str, dtype=torch.float16, layers_per_shard: int = 4, seed: int = 0) -> str:
+def write(out: str, shape: str, dtype=torch.float16, layers_per_shard: int = 4, seed: int = 0,
+          tokenizer_data: str | None = None, vocab: int = 2000) -> str:
     from glm2.convert import chatglm_config_from_glm, glm_config_from_chatglm
     from glm2.tiny import train_tokenizer
     from glm2.tokenizer import ChatGLM2Tokenizer
@@ -51,7 +59,8 @@ def write(out: str, shape: str, dtype=torch.float16, layers_per_shard: int = 4, 
     s = SHAPES[shape]
     os.makedirs(out, exist_ok=True)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    train_tokenizer(os.path.join(root, "PromptCBLUE", "train.json"), os.path.join(out, "tokenizer.model"))
+    train_tokenizer(tokenizer_data or os.path.join(root, "PromptCBLUE", "train.json"),
+                    os.path.join(out, "tokenizer.model"), vocab_size=vocab)
     ChatGLM2Tokenizer(os.path.join(out, "tokenizer.model")).save_pretrained(out)
     raw = dict(model_type="chatglm", multi_query_attention=True, layernorm_epsilon=1e-5, seq_length=32768,
                eos_token_id=2, pad_token_id=0, **s)
@@ -90,8 +99,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="6b")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--tokenizer_data", default=None, help="PromptCBLUE records to train the tokenizer on "
+                                                           "(default: the sample train.json)")
+    ap.add_argument("--vocab", type=int, default=2000, help="sentencepiece pieces (ChatGLM2: 64789)")
     args = ap.parse_args()
-    print(write(args.out, args.shape))
+    print(write(args.out, args.shape, tokenizer_data=args.tokenizer_data, vocab=args.vocab))
 
 
 if __name__ == "__main__":
