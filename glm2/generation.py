@@ -212,6 +212,8 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
         vocab = logp.shape[-1]
         keep_beam, keep_tok, keep_score = [], [], []
         for s, idx in zip(top_scores.tolist(), top_idx.tolist()):
+            if s == float("-inf"):  # the rest are forbidden too (a grammar leaves fewer than 2k candidates)
+                break
             b, t = divmod(idx, vocab)
             if t == eos_token_id:
                 done.append((s / (len(beams[b]) + 1), beams[b]))

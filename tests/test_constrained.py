@@ -403,3 +403,13 @@ def test_compiled_decode_step_gives_the_same_constrained_answers(model, tok):
                                    batch=6)
     assert compiled == eager
     assert_all_valid(records, compiled, "v2")
+
+
+@needs_golden
+def test_beams_never_take_a_forbidden_token(model, tok, caplog):
+    """A classification grammar leaves fewer than 2 x beams candidates: the -inf ones are never kept."""
+    rec = next(r for r in read(os.path.join(ROOT, "PromptCBLUE", "dev.json")) if r["task_dataset"] == "CHIP-STS")
+    with caplog.at_level(logging.WARNING, logger="glm2"):
+        answers = constrained_answers(model, tok, [rec], "v2", GenerationSettings(max_new_tokens=8, num_beams=4))
+    assert answers[0] in rec["answer_choices"]
+    assert "outside the grammar" not in caplog.text
