@@ -281,6 +281,10 @@ def main():
             save_json(os.path.join(training_args.output_dir, f"{prefix}_results.json"), metrics)
             _update_all_results(training_args.output_dir, metrics)
             logger.info("%s metrics: %s", prefix, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Without this, gloo's worker threads can outlive the interpreter and abort the process at
+        # exit ("terminate called without an active exception", SIGABRT), failing a finished run.
+        torch.distributed.destroy_process_group()
 
 
 def compare(output_dir, data_file, data_args, max_samples, metrics):
