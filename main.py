@@ -180,7 +180,8 @@ def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args,
     grammars = answer_grammars(records, data_args, gen_args, tokenizer, data_file)
 
     rank, world = training_args.process_index, training_args.world_size
-    fingerprint = json.dumps([gen_args.constrained_decoding, os.path.abspath(model_args.model_name_or_path), model_args.ptuning_checkpoint,
+    fingerprint = json.dumps([gen_args.constrained_decoding, os.path.abspath(model_args.model_name_or_path),
+                              model_args.ptuning_checkpoint,
                               model.pre_seq_len, model_args.quantization_bit, os.path.abspath(data_file),
                               os.path.getmtime(data_file), max_samples, vars(settings), world,
                               data_args.max_source_length, data_args.source_truncation_side])

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from .prompt_options import record_task_options
 from .tasks import CLS_LABELS
 
 logger = logging.getLogger(__name__)
@@ -194,13 +195,12 @@ def answer_grammar(task: str | None, prompt: str, options, version: str = "v2",
         if bad:
             return AnswerGrammar(None, f"the tokenizer cannot spell the option {bad[0]!r}")
         options = usable
-    span = task in SPAN_TASKS
     if task in CLASSIFICATION:
         return AnswerGrammar(classification(task, options))
     if task == "CHIP-CDN":
         return AnswerGrammar(cdn(options))
     if task in NER:
-        return AnswerGrammar(ner(options, _spans(prompt, "，\n") if span else _free("，\n")))
+        return AnswerGrammar(ner(options, _spans(prompt, "，\n") if task in SPAN_TASKS else _free("，\n")))
     if task in ("CMeIE", "CMeIE-V2"):
         return AnswerGrammar(cmeie(options, _spans(prompt, "。\n")))
     if task == "CHIP-CDEE":
@@ -224,13 +224,10 @@ def label_options(task: str, options: list[str]) -> list[str]:
     return list(options)
 
 
-
 def grammars_for_records(records: list[dict], version: str, prompt_column: str = "input",
                          can_spell: Callable[[str], bool] | None = None, source: str = "") -> list[str | None]:
     """One grammar text per record (None: free text). A record whose options cannot be used
     is predicted as free text, with one warning naming it."""
-    from .prompt_options import record_task_options
-
     out, fallbacks = [], 0
     for i, rec in enumerate(records):
         task, options = record_task_options(rec, version, prompt_column)
@@ -251,8 +248,6 @@ def grammar_for_prompt(prompt: str, record: dict | None = None, version: str = "
     """The grammar for one prompt typed or picked in chat.py / the web demo: a PromptCBLUE
     record's own task and options when the prompt is that record's input, else what the
     prompt's wording asks for (None: free text)."""
-    from .prompt_options import record_task_options
-
     rec = record if record is not None and record.get("input") == prompt else {"input": prompt}
     task, options = record_task_options(rec, version)
     return answer_grammar(task, prompt, options, version, can_spell).lark

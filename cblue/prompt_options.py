@@ -73,18 +73,13 @@ def task_from_prompt(prompt: str, version: str = "v2") -> tuple[str | None, list
     return None, None
 
 
-def resolve(task: str | None, prompt: str, options, version: str = "v2", has_options: bool = True):
+def record_task_options(record: dict, version: str = "v2", prompt_column: str = "input"):
     """The (task, options) a record's answer is constrained by: the record's own when it has
     them, else what the prompt's wording says (keeping the record's task if it names one)."""
+    task, options, has_options = record.get("task_dataset"), record.get("answer_choices"), "answer_choices" in record
     if has_options and task is not None:
         return task, options
-    found_task, found_options = task_from_prompt(prompt, version)
+    found_task, found_options = task_from_prompt(record.get(prompt_column) or "", version)
     if task is None:
         return found_task, (options if has_options else found_options)
     return task, found_options
-
-
-def record_task_options(record: dict, version: str = "v2", prompt_column: str = "input"):
-    """(task, options) of a PromptCBLUE record, as `resolve` gives them."""
-    return resolve(record.get("task_dataset"), record.get(prompt_column) or "", record.get("answer_choices"),
-                   version, has_options="answer_choices" in record)

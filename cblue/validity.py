@@ -11,6 +11,7 @@ import ast
 import re
 
 from . import answer_grammar as g
+from .prompt_options import record_task_options
 
 _CMEIE_PAIR = re.compile(r"头实体为(.+)，尾实体为(.+)")
 _CDEE_EVENT = re.compile(r"主体词：([^；]*)；发生状态：( *(?:否定|不确定)? *)；描述词：([^；]*)；解剖部位：([^；]*)")
@@ -113,8 +114,6 @@ def validity_by_task(records: list[dict], predictions: list[str], version: str,
                      prompt_column: str = "input") -> dict[str, tuple[int, int]]:
     """{task: (valid answers, answers)} over the closed-set tasks of `records` (options as the
     constraint takes them: the record's, else the prompt's)."""
-    from .prompt_options import record_task_options
-
     out: dict[str, list[int]] = {}
     for rec, pred in zip(records, predictions):
         task, options = record_task_options(rec, version, prompt_column)

@@ -121,7 +121,7 @@ class RowConstraint:
 
     def advance(self, token: int) -> list[int]:
         """Feed one generated token; return the tokens that may be released now."""
-        if not self.matcher.consume_token(token):
+        if self.matcher is not None and not self.matcher.consume_token(token):
             # Only reachable if a token outside the mask was chosen (never, with -inf); keep
             # the text and stop constraining rather than fail the prediction.
             logger.warning("token %d outside the grammar: %s", token, self.matcher.get_error().splitlines()[0])

@@ -6,6 +6,7 @@ import glob
 import os
 
 import torch
+from transformers.hf_argparser import string_to_bool  # what main.py's flags accept
 
 from .checkpoint import is_complete_checkpoint, last_complete_checkpoint
 from .model import ChatGLM2, checkpoint_kind
@@ -22,17 +23,10 @@ def add_model_flags(parser) -> None:
                              "one); default: the newest one under output/ (embedded model only)")
     parser.add_argument("--max_source_length", type=int, default=700)
     parser.add_argument("--quantization_bit", type=int, default=None)
-    parser.add_argument("--constrained_decoding", type=_yes_no, default=True, metavar="true|false",
+    parser.add_argument("--constrained_decoding", type=string_to_bool, default=True, metavar="true|false",
                         help="answers of closed-set PromptCBLUE prompts only in the form the official parser "
                              "accepts, with labels from the prompt's options (default true; false: free text)")
 
-
-def _yes_no(text: str) -> bool:
-    if text.lower() in ("true", "yes", "1", "on"):
-        return True
-    if text.lower() in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(f"expected true or false, not {text!r}")
 
 
 def newest_checkpoint(model_dir: str, output_root: str = "output") -> str | None:

@@ -413,3 +413,16 @@ def test_beams_never_take_a_forbidden_token(model, tok, caplog):
         answers = constrained_answers(model, tok, [rec], "v2", GenerationSettings(max_new_tokens=8, num_beams=4))
     assert answers[0] in rec["answer_choices"]
     assert "outside the grammar" not in caplog.text
+
+
+def test_a_row_whose_grammar_failed_goes_on_as_free_text(tok, caplog):
+    """A token outside the grammar (not reachable through the mask, but never an error) turns
+    the row into free text: every later token passes through."""
+    from glm2.constraint import BatchConstraint
+
+    c = BatchConstraint(engine_for(tok, len(tok)), [answer_grammar("KUAKE-IR", "", ["相关", "不相关"]).lark])
+    bad = tok.encode_fragment("胃炎")
+    with caplog.at_level(logging.WARNING, logger="glm2"):
+        out = [t for token in bad + bad for t in c.advance(0, token)]
+    assert out == bad + bad and "outside the grammar" in caplog.text
+    assert c.finish(0) == []
