@@ -67,7 +67,9 @@ class DataTrainingArguments:
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Kept for compatibility; batches are always padded dynamically."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N train records."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N eval records."})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Evaluate on N validation records, taken evenly over the tasks (the original: "
+                                        "the first N)."})
     max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N test records."})
     num_beams: Optional[int] = field(default=None, metadata={"help": "Beam search width for generation."})
     ignore_pad_token_for_loss: bool = field(
@@ -78,6 +80,11 @@ class DataTrainingArguments:
     source_truncation_side: str = field(
         default="left", metadata={"help": "New. 'left' keeps `[gMASK] sop` and the END of a long prompt (where "
                                           "PromptCBLUE puts the question and options); 'right' is the original."})
+    task_sampling: Optional[str] = field(
+        default=None, metadata={"help": "New. Draw each training batch's records by task (task_dataset): "
+                                        "proportional (to the task's records), uniform (every task as often) or "
+                                        "temperature:T (weights n ** 1/T, between the two); default: plain "
+                                        "shuffling, as the original."})
 
     def __post_init__(self):
         if self.train_file is None and self.validation_file is None and self.test_file is None:
@@ -86,6 +93,10 @@ class DataTrainingArguments:
             self.val_max_target_length = self.max_target_length
         if self.source_truncation_side not in ("left", "right"):
             raise ValueError("--source_truncation_side must be 'left' or 'right'")
+        if self.task_sampling is not None:
+            from cblue.task_sampling import parse_mode
+
+            parse_mode(self.task_sampling)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 """P-tuning v2 of ChatGLM2-6B on PromptCBLUE: train, evaluate, predict.
 
 The flow, top to bottom: parse flags -> logging -> seed -> tokenizer -> model (+ prefix) ->
-train (transformers' Trainer, prefix-only checkpoints) -> evaluate / predict (batched greedy
-generation, PromptCBLUE post-processing and official scores) -> save metrics.
+train (transformers' Trainer, prefix-only checkpoints; every --eval_steps the official score on
+the validation file, which picks the best checkpoint) -> evaluate / predict (prediction.py:
+batched generation, PromptCBLUE post-processing and official scores) -> save metrics.
 Flags and outputs are those of THUDM's ChatGLM2-6B ptuning/main.py; see README for what differs.
 """
 import json
@@ -18,16 +19,14 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
 from arguments import DataTrainingArguments, GenerationArguments, LegacyTrainingArguments, ModelArguments
 from cblue.records import RecordError
-from cblue.dataset import load_records_dataset, tokenize_for_generation, tokenize_for_training
-from cblue.outputs import PredictionLog, merge_logs, save_json, write_prediction_files
+from cblue.dataset import load_records_dataset, split_tasks, tokenize_for_training
+from cblue.outputs import save_json
 from glm2.checkpoint import last_complete_checkpoint
 from glm2.cli import run_cli
-from glm2.decode import compile_by_default
-from glm2.generation import GenerationSettings, constraint_for, generate
 from glm2.model import ChatGLM2, base_only
-from glm2.progress import Progress
 from glm2.tokenizer import ChatGLM2Tokenizer
-from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ShardingReport
+from prediction import Predictor, peak_gpu_memory
+from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ScoreCurveCallback, ShardingReport
 
 logger = logging.getLogger("main")
 
@@ -43,7 +42,27 @@ def parse_args():
     argv = sys.argv[1:]
     if not torch.cuda.is_available() and "--use_cpu" not in argv:
         argv.append("--use_cpu")  # lets --bf16 through on a CPU (transformers asks for a GPU otherwise)
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parser.parse_args_into_dataclasses(args=argv + evaluation_defaults(argv))
+
+
+def evaluation_defaults(argv: list[str]) -> list[str]:
+    """`--eval_steps N` means evaluating every N steps (transformers also wants --eval_strategy
+    steps), and evaluating during training means the official score picks the best checkpoint
+    (transformers' default would be the loss). Given before the user's flags' parse, so that
+    transformers' own checks (save_steps a multiple of eval_steps, ...) see them."""
+    def last(flag):
+        values = [a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+                  for i, a in enumerate(argv) if a == flag or a.startswith(flag + "=")]
+        return values[-1] if values else None
+
+    extra = []
+    strategy = last("--eval_strategy")
+    if strategy is None and last("--eval_steps") is not None:
+        extra += ["--eval_strategy", "steps"]
+        strategy = "steps"
+    if strategy not in (None, "no") and last("--metric_for_best_model") is None:
+        extra += ["--metric_for_best_model", "score"]
+    return extra
 
 
 def setup_logging(training_args):
@@ -99,7 +118,7 @@ def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
     return model
 
 
-def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
+def train(model, tokenizer, model_args, data_args, gen_args, legacy_args, training_args) -> PrefixTrainer:
     train_ds, records = load_records_dataset(data_args.train_file, data_args.prompt_column,
                                              data_args.response_column, data_args.history_column, True,
                                              data_args.max_train_samples)
@@ -117,6 +136,18 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
         # an unfinished line), and constrained decoding then has to finish what it never saw.
         logger.warning("%d of %d targets are longer than --max_target_length %d and are cut: raise it to cover "
                        "the answers", stats["truncated_targets"], stats["records"], data_args.max_target_length)
+    train_ds, tasks = split_tasks(train_ds)
+    task_sampler = None
+    if data_args.task_sampling:
+        if legacy_args.group_by_length or training_args.train_sampling_strategy != "random":
+            raise ValueError("--task_sampling and --group_by_length / --train_sampling_strategy both choose the "
+                             "order of the training rows: pass one of them")
+        from cblue.task_sampling import TaskSampler
+
+        task_sampler = TaskSampler(tasks, data_args.task_sampling, training_args.data_seed or training_args.seed)
+        logger.info("%s", task_sampler.describe())
+    predictor, eval_data, eval_ds = evaluation_during_training(tokenizer, model_args, data_args, gen_args,
+                                                               training_args)
 
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and not legacy_args.overwrite_output_dir:
@@ -144,9 +175,10 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False
 
-    callbacks = [LossCurveCallback()] + ([ShardingReport()] if training_args.fsdp else [])
-    trainer = PrefixTrainer(model=model, args=training_args, train_dataset=train_ds,
-                            data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks)
+    callbacks = [LossCurveCallback(), ScoreCurveCallback()] + ([ShardingReport()] if training_args.fsdp else [])
+    trainer = PrefixTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                            data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks,
+                            predictor=predictor, eval_data=eval_data, task_sampler=task_sampler)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics, train_samples=len(train_ds), **{f"train_{k}": v for k, v in stats.items()},
                    **peak_gpu_memory("train"))
@@ -157,88 +189,41 @@ def train(model, tokenizer, model_args, data_args, legacy_args, training_args):
         what = ("LoRA adapter, PEFT format" if model.lora_config is not None else
                 "prefix only" if model.prefix_encoder is not None else "whole model, original layout")
         logger.info("Checkpoints (%s) are in %s", what, training_args.output_dir)
+        if trainer.state.best_model_checkpoint:
+            logger.info("Best checkpoint: %s (%s %.4f); evaluate.sh, chat.py, the web demo and export take it",
+                        trainer.state.best_model_checkpoint, training_args.metric_for_best_model,
+                        trainer.state.best_metric)
+    return trainer
 
 
-def predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
-            max_samples=None, prefix="predict", out_dir=None):
-    """Generate for every record of data_file; write the prediction files; return metrics."""
-    out_dir = out_dir or training_args.output_dir
-    os.makedirs(out_dir, exist_ok=True)
-    ds, records = load_records_dataset(data_file, data_args.prompt_column, data_args.response_column,
-                                       data_args.history_column, False, max_samples)
-    feats, stats = tokenize_for_generation(ds, tokenizer, data_args, data_args.preprocessing_num_workers,
-                                           data_args.overwrite_cache)
-    prompts, label_ids = feats["input_ids"], feats["label_ids"]
-    logger.info("%s %s: %d records, %d prompts truncated", split, data_file, len(prompts), stats["truncated_prompts"])
-    settings = GenerationSettings(
-        max_new_tokens=gen_args.max_new_tokens or data_args.val_max_target_length,
-        do_sample=gen_args.do_sample, top_p=gen_args.top_p, top_k=gen_args.top_k,
-        temperature=gen_args.temperature, repetition_penalty=gen_args.repetition_penalty,
-        num_beams=data_args.num_beams or 1, seed=training_args.seed,
-        compiled=compile_by_default(model.device) if gen_args.compile_generation is None else gen_args.compile_generation)
-
-    grammars = answer_grammars(records, data_args, gen_args, tokenizer, data_file)
-
-    rank, world = training_args.process_index, training_args.world_size
-    fingerprint = json.dumps([gen_args.constrained_decoding, os.path.abspath(model_args.model_name_or_path),
-                              model_args.ptuning_checkpoint,
-                              model.pre_seq_len, model_args.quantization_bit, os.path.abspath(data_file),
-                              os.path.getmtime(data_file), max_samples, vars(settings), world,
-                              data_args.max_source_length, data_args.source_truncation_side])
-    log = PredictionLog(os.path.join(out_dir, f".{prefix}_progress.rank{rank}.jsonl"), fingerprint)
-    mine = [i for i in range(len(prompts)) if i % world == rank and i not in log.done]
-    mine.sort(key=lambda i: len(prompts[i]))  # similar lengths together: little padding
-    batch_size = training_args.per_device_eval_batch_size
-    start = time.time()
-    shown = f"{prefix} {split}" + (f" (rank 0, 1/{world} of the records)" if world > 1 else "")
-    with Progress(len(mine), shown, enabled=rank == 0) as progress:
-        for b in range(0, len(mine), batch_size):
-            idx = mine[b:b + batch_size]
-            constraint = constraint_for(model, tokenizer, [grammars[i] for i in idx]) if grammars else None
-            for i, ids in zip(idx, generate(model, [prompts[i] for i in idx], settings, tokenizer.eos_token_id,
-                                            tokenizer.pad_token_id, constraint)):
-                log.add(i, tokenizer.decode(ids).strip())
-            log.flush()
-            progress.update(len(idx))
-    runtime = time.time() - start
-    log.close()
-    if world > 1:
-        torch.distributed.barrier()
-    decoding = "constrained" if gen_args.constrained_decoding else "free"
-    metrics = {f"{prefix}_decoding": decoding,
-               f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples": len(prompts),
-               f"{prefix}_samples_per_second": round(len(mine) / runtime, 3) if runtime > 0 else None,
-               **peak_gpu_memory(prefix)}
-    if rank != 0:
-        return metrics
-    done = merge_logs([os.path.join(out_dir, f".{prefix}_progress.rank{r}.jsonl") for r in range(world)], fingerprint)
-    predictions = [done[i] for i in range(len(prompts))]
-    labels = [tokenizer.decode(ids).strip() for ids in label_ids]
-    write_prediction_files(out_dir, records, predictions, labels, data_args.response_column)
-    from cblue.evaluate import evaluate_predictions
-
-    metrics.update(evaluate_predictions(out_dir, records, predictions, labels, data_args, gen_args.version, prefix,
-                                        decoding))
-    for r in range(world):
-        os.remove(os.path.join(out_dir, f".{prefix}_progress.rank{r}.jsonl"))
-    return metrics
-
-
-def answer_grammars(records, data_args, gen_args, tokenizer, data_file):
-    """The decoding constraint of every record (cblue/answer_grammar.py), or None when off."""
-    if not gen_args.constrained_decoding:
-        return None
-    from cblue.answer_grammar import grammars_for_records
-    from cblue.tasks import detect_version
-
-    try:
-        version = gen_args.version or detect_version(r.get("task_dataset") for r in records)
-    except ValueError:
-        version = "v2"  # mixed names: scoring says so; the constraint takes each task by its name
-    grammars = grammars_for_records(records, version, data_args.prompt_column, tokenizer.can_spell, data_file)
-    logger.info("Constrained decoding: %d of %d records have an answer grammar (--constrained_decoding false "
-                "for free text)", sum(g is not None for g in grammars), len(records))
-    return grammars
+def evaluation_during_training(tokenizer, model_args, data_args, gen_args, training_args):
+    """(predictor, the validation records to generate for, their rows for the loss) when the
+    Trainer evaluates every --eval_steps; (None, None, None) otherwise."""
+    if training_args.eval_strategy == "no":
+        return None, None, None
+    if data_args.validation_file is None:
+        raise ValueError("--eval_steps / --eval_strategy need a --validation_file (with targets) to score")
+    zero3 = training_args.hf_deepspeed_config is not None and training_args.hf_deepspeed_config.is_zero3()
+    if training_args.fsdp or zero3:
+        # Generation on sharded weights needs every rank in every forward step, which answers of
+        # different lengths do not give; the loss alone could be, but not the best checkpoint by score.
+        raise ValueError("the official score during training needs whole weights on every process (one process, "
+                         "DDP or ZeRO-2): with FSDP or ZeRO-3 evaluate the checkpoints with evaluate.sh instead "
+                         "(--eval_strategy no)")
+    predictor = Predictor(tokenizer, model_args, data_args, gen_args, training_args)
+    eval_data = predictor.load(data_args.validation_file, "validation", data_args.max_eval_samples, stratified=True)
+    if not any(r.get(data_args.response_column) for r in eval_data.records):
+        raise ValueError(f"{data_args.validation_file}: no record has a {data_args.response_column!r}: nothing to "
+                         "score during training")
+    ds, _ = load_records_dataset(data_args.validation_file, data_args.prompt_column, data_args.response_column,
+                                 data_args.history_column, False, data_args.max_eval_samples, stratified=True)
+    ds, _ = tokenize_for_training(ds, tokenizer, data_args, data_args.preprocessing_num_workers,
+                                  data_args.overwrite_cache)
+    eval_ds, _ = split_tasks(ds)
+    logger.info("Every %s steps: the official score on %d validation records (%s) and the loss on them; the best "
+                "checkpoint by %s", training_args.eval_steps, len(eval_data.records), data_args.validation_file,
+                training_args.metric_for_best_model)
+    return predictor, eval_data, eval_ds
 
 
 def main():
@@ -253,12 +238,14 @@ def main():
         training_args.report_to = ["tensorboard"]  # transformers 5 reports nowhere by default
     tokenizer = ChatGLM2Tokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
 
+    trainer = None
     if training_args.do_train:
         model = load_model(model_args, training_args, for_training=True)
-        train(model, tokenizer, model_args, data_args, legacy_args, training_args)
+        trainer = train(model, tokenizer, model_args, data_args, gen_args, legacy_args, training_args)
     else:
         model = None
 
+    predictor = Predictor(tokenizer, model_args, data_args, gen_args, training_args)
     for enabled, split, data_file, max_samples, prefix in (
             (training_args.do_eval, "validation", data_args.validation_file, data_args.max_eval_samples, "eval"),
             (training_args.do_predict, "test", data_args.test_file, data_args.max_predict_samples, "predict")):
@@ -266,18 +253,19 @@ def main():
             continue
         if data_file is None:
             raise ValueError(f"--do_{'eval' if prefix == 'eval' else 'predict'} needs a {split} file")
+        if prefix == "eval" and trainer is not None and _already_evaluated(trainer, training_args):
+            continue
         if model is None:
             model = load_model(model_args, training_args, for_training=False)
+        data = predictor.load(data_file, split, max_samples, stratified=prefix == "eval")
         if gen_args.compare_base:
             if not model.is_tuned:
                 raise ValueError("--compare_base needs a tuned checkpoint (prefix or LoRA): pass --ptuning_checkpoint")
             with base_only(model):  # the same loaded weights, no prefix, adapters off
-                predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
-                        max_samples, prefix, out_dir=os.path.join(training_args.output_dir, "base"))
-        metrics = predict(model, tokenizer, data_file, split, model_args, data_args, gen_args, training_args,
-                          max_samples, prefix)
+                predictor.run(model, data, os.path.join(training_args.output_dir, "base"), prefix)
+        metrics = predictor.run(model, data, training_args.output_dir, prefix)
         if gen_args.compare_base and training_args.process_index == 0:
-            compare(training_args.output_dir, data_file, data_args, max_samples, metrics)
+            compare(training_args.output_dir, data.records, metrics, data_args.response_column)
         if training_args.process_index == 0:
             save_json(os.path.join(training_args.output_dir, f"{prefix}_results.json"), metrics)
             _update_all_results(training_args.output_dir, metrics)
@@ -288,28 +276,37 @@ def main():
         torch.distributed.destroy_process_group()
 
 
-def compare(output_dir, data_file, data_args, max_samples, metrics):
+def _already_evaluated(trainer, training_args) -> bool:
+    """After training that evaluated every --eval_steps: the final model (the best checkpoint
+    with --load_best_model_at_end, else the last step) was scored already if its step was;
+    eval_results.json then holds that evaluation instead of a second identical one."""
+    state = trainer.state
+    step = state.best_global_step if training_args.load_best_model_at_end and state.best_model_checkpoint \
+        else state.global_step
+    done = [h for h in state.log_history if h.get("step") == step and "eval_score" in h]
+    if not done:
+        return False
+    if training_args.process_index == 0:
+        metrics = dict(done[-1], eval_step=step, eval_dir=os.path.join(training_args.output_dir, f"eval-{step}"))
+        save_json(os.path.join(training_args.output_dir, "eval_results.json"), metrics)
+        _update_all_results(training_args.output_dir, metrics)
+        logger.info("eval: the final model is step %d's, scored during training (%.4f): %s", step,
+                    metrics["eval_score"], metrics["eval_dir"])
+    return True
+
+
+def compare(output_dir, records, metrics, response_column):
     """comparison.md / comparison.png from the base/ and the tuned predictions."""
     from cblue.compare import write_comparison
-    from cblue.records import read_records
 
-    records = read_records(data_file, data_args.prompt_column, data_args.response_column, data_args.history_column,
-                           require_response=False)[:max_samples]
     if not os.path.exists(os.path.join(output_dir, "scores.json")):
-        logger.warning("No targets in %s: nothing to compare scores on", data_file)
+        logger.warning("No targets: nothing to compare scores on")
         return
     result = write_comparison(output_dir, records, os.path.join(output_dir, "base"), output_dir,
-                              response_column=data_args.response_column)
+                              response_column=response_column)
     metrics.update({f"compare_{k}": v for k, v in result.items()})
     logger.info("Base %.4f -> tuned %.4f: %s", result["base_score"], result["tuned_score"],
                 os.path.join(output_dir, "comparison.md"))
-
-
-def peak_gpu_memory(prefix: str) -> dict:
-    """Peak GPU memory of this process so far (what users size their card by); none on a CPU."""
-    if not torch.cuda.is_available():
-        return {}
-    return {f"{prefix}_peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)}
 
 
 def _tensorboard_installed() -> bool:

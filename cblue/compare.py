@@ -55,6 +55,12 @@ def write_comparison(out_dir: str, gold: list[dict], base_dir: str, tuned_dir: s
               f"{share(tuned_valid.get(t))} |" for t, m, b, u in rows]
     lines += [f"| **overall** | mean | {base_scores['score']:.4f} | {tuned_scores['score']:.4f} | "
               f"{tuned_scores['score'] - base_scores['score']:+.4f} | | |", "", "![comparison](comparison.png)", ""]
+    reports = [(name, os.path.relpath(os.path.join(d, "error_report.md"), out_dir))
+               for name, d in (("tuned", tuned_dir), ("base", base_dir))
+               if os.path.exists(os.path.join(d, "error_report.md"))]
+    if reports:
+        lines += ["Where points are lost, task by task (unreadable / wrong / right answers, confusions, missed and "
+                  "made-up items): " + ", ".join(f"[{name}]({path})" for name, path in reports) + ".", ""]
     examples = pick_examples(gold, per_task)
     for task in tasks:
         lines += [f"## {task}", "", "| input | target | base | tuned |", "| --- | --- | --- | --- |"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .error_report import write_error_report
 from .outputs import save_json
 from .postprocess import structure_records
 from .score import ScoreError, format_table, overall_score, score_structured, score_task
@@ -37,10 +38,12 @@ def original_rouge_bleu(predictions: list[str], labels: list[str]) -> dict:
 
 
 def evaluate_predictions(out_dir: str, records: list[dict], predictions: list[str], labels: list[str],
-                         data_args, version: str | None, prefix: str, decoding: str = "free") -> dict:
-    """Write results.json (+ scores.json when targets exist); return metrics for *_results.json.
-    `decoding` (constrained or free) is recorded in scores.json, with each closed-set task's
-    share of answers the official parser reads in full (cblue/validity.py)."""
+                         data_args, version: str | None, prefix: str, decoding: str = "free",
+                         table: bool = True) -> dict:
+    """Write results.json (+ scores.json and error_report.md when targets exist); return metrics
+    for *_results.json. `decoding` (constrained or free) is recorded in scores.json, with each
+    closed-set task's share of answers the official parser reads in full (cblue/validity.py).
+    `table`: print the scores by task (an evaluation during training prints one line instead)."""
     response = data_args.response_column
     pred_records = [dict(r, **{response: p}) for r, p in zip(records, predictions)]
     metrics = {}
@@ -63,7 +66,9 @@ def evaluate_predictions(out_dir: str, records: list[dict], predictions: list[st
         scores = dict(_score_with_targets(records, pred_records, version, response), decoding=decoding,
                       valid_answers=valid)
         save_json(os.path.join(out_dir, "scores.json"), scores)
-        print(format_table(scores))
+        write_error_report(out_dir, records, predictions, version, scores, response, data_args.prompt_column)
+        if table:
+            print(format_table(scores))
         metrics[f"{prefix}_score"] = scores["score"]
         for task, m in scores["tasks"].items():
             metrics[f"{prefix}_{task}_{main_metric(task)}"] = m[main_metric(task)]

@@ -39,7 +39,8 @@ def train_features(batch: dict, tokenizer, prompt_column: str, response_column: 
     Records with an empty answer become no row (the caller counts them); rows are not padded
     here: the collator pads each batch to its own longest row.
     """
-    out = {"input_ids": [], "labels": [], "truncated": [], "target_cut": []}
+    out = {"input_ids": [], "labels": [], "truncated": [], "target_cut": [], "task": []}
+    tasks = batch.get("task_dataset") or [""] * len(batch[prompt_column])
     for i in range(len(batch[prompt_column])):
         query, answer = batch[prompt_column][i], batch[response_column][i]
         if not query or not answer:
@@ -52,6 +53,7 @@ def train_features(batch: dict, tokenizer, prompt_column: str, response_column: 
         out["input_ids"].append(a + b + [tokenizer.eos_token_id])
         out["labels"].append([-100] * len(a) + b + [tokenizer.eos_token_id])
         out["truncated"].append(cut)
+        out["task"].append(tasks[i])  # what --task_sampling groups rows by
     return out
 
 
