@@ -3,7 +3,7 @@
 # PromptCBLUE post-processing and scores (the original ptuning/evaluate.sh, settings from the
 # environment, extra arguments forwarded to main.py; the last value of a flag wins).
 #
-#   bash evaluate.sh                                   # embedded tiny model, its latest checkpoint, dev.json
+#   bash evaluate.sh                                   # embedded tiny model, its run's best checkpoint, dev.json
 #   MODEL=/path/to/chatglm2-6b CHECKPOINT=promptcblue-chatglm2-6b-pt-128-2e-2 STEP=3000 bash evaluate.sh
 #   TEST_FILE=PromptCBLUE/test.json bash evaluate.sh   # predict the test set (no targets: no scores)
 #   COMPARE_BASE=1 bash evaluate.sh                    # also the base model without prefix, side by side
@@ -11,7 +11,8 @@
 #   METHOD=full bash evaluate.sh                       # the run `METHOD=full bash train.sh` made
 #   CONSTRAINED=0 bash evaluate.sh                     # free text, as the original (default: answers of
 #                                                      # closed-set tasks constrained to what the parser accepts)
-# CHECKPOINT names a run under output/ (any kind: prefix, LoRA adapter, full model; recognised by its files).
+# CHECKPOINT names a run under output/ (any kind: prefix, LoRA adapter, full model; recognised by its files);
+# without STEP its best checkpoint (recorded when training evaluated the official score), else its newest.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
@@ -42,10 +43,10 @@ else
   BATCH=${BATCH:-16}
   DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196})
 fi
-if [ -z "${STEP:-}" ]; then  # the newest complete checkpoint
-  STEP=$(ls -d "output/$CHECKPOINT"/checkpoint-* 2>/dev/null | while read -r d; do
-           [ -f "$d/trainer_state.json" ] && echo "${d##*-}"; done | sort -n | tail -n 1)
-  [ -n "$STEP" ] || { echo "evaluate.sh: no checkpoint in output/$CHECKPOINT; train first or set CHECKPOINT/STEP." >&2; exit 1; }
+if [ -z "${STEP:-}" ]; then  # the run's best checkpoint (by the official score) if it recorded one, else its newest
+  FOUND=$(python3 -m glm2.checkpoint "output/$CHECKPOINT") || {
+    echo "evaluate.sh: no checkpoint in output/$CHECKPOINT; train first or set CHECKPOINT/STEP." >&2; exit 1; }
+  STEP=${FOUND##*-}
 fi
 EXTRA=()
 [ -n "${COMPARE_BASE:-}" ] && [ "${COMPARE_BASE}" != "0" ] && EXTRA+=(--compare_base)

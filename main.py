@@ -203,8 +203,7 @@ def evaluation_during_training(tokenizer, model_args, data_args, gen_args, train
         return None, None, None
     if data_args.validation_file is None:
         raise ValueError("--eval_steps / --eval_strategy need a --validation_file (with targets) to score")
-    zero3 = training_args.hf_deepspeed_config is not None and training_args.hf_deepspeed_config.is_zero3()
-    if training_args.fsdp or zero3:
+    if training_args.fsdp or _zero_stage(training_args.deepspeed) == 3:
         # Generation on sharded weights needs every rank in every forward step, which answers of
         # different lengths do not give; the loss alone could be, but not the best checkpoint by score.
         raise ValueError("the official score during training needs whole weights on every process (one process, "
@@ -274,6 +273,14 @@ def main():
         # Without this, gloo's worker threads can outlive the interpreter and abort the process at
         # exit ("terminate called without an active exception", SIGABRT), failing a finished run.
         torch.distributed.destroy_process_group()
+
+
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a --deepspeed config (a path or a dict)."""
+    if not deepspeed:
+        return None
+    config = deepspeed if isinstance(deepspeed, dict) else json.load(open(deepspeed, encoding="utf-8"))
+    return (config.get("zero_optimization") or {}).get("stage")
 
 
 def _already_evaluated(trainer, training_args) -> bool:

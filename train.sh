@@ -7,6 +7,9 @@
 #   bash train.sh                                        # no MODEL: the embedded tiny model, on CPU
 #   bash train.sh --max_steps 50 --learning_rate 1e-2   # any main.py flag overrides the defaults
 #   FRESH=1 bash train.sh                                # start over (default: resume the run's newest checkpoint)
+#   EVAL_STEPS=200 bash train.sh                         # the official dev score every 200 steps (default: at each
+#                                                        # checkpoint; 0: none); the best checkpoint is kept and used
+#   bash train.sh --task_sampling temperature:2          # draw records by task: proportional|uniform|temperature:T
 #   LORA_RANK=8 bash train.sh  (or METHOD=lora)          # LoRA adapters (PEFT) instead of a prefix
 #   METHOD=full ENGINE=fsdp NUM_GPUS=4 bash train.sh     # full fine-tuning, sharded (FSDP2 or DeepSpeed)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash train.sh   # on each node (NODE_RANK 0, 1)
@@ -51,17 +54,24 @@ if [ -z "${MODEL:-}" ]; then
             --pretrain_steps ${PRETRAIN_STEPS:-600} | tail -n 1)
   case "$METHOD" in lora) LR=${LR:-2e-3} ;; full) LR=${LR:-5e-4} ;; *) LR=${LR:-3e-2} ;; esac
   RUN=${RUN:-tiny-chatglm2-$TAG-$LR}
+  SAVE_STEPS=${SAVE_STEPS:-400}
   DEFAULTS=(--max_source_length 128 --max_target_length 96 --per_device_train_batch_size 8
-            --gradient_accumulation_steps 1 --max_steps ${MAX_STEPS:-1600} --logging_steps 20 --save_steps 400
+            --gradient_accumulation_steps 1 --max_steps ${MAX_STEPS:-1600} --logging_steps 20 --save_steps $SAVE_STEPS
             --dataloader_num_workers 0)
   echo "train.sh: no MODEL given; tuning ($METHOD) the embedded tiny ChatGLM2 in $MODEL on $DATA/train.json (CPU)."
 else
   case "$METHOD" in lora) LR=${LR:-2e-4} ;; full) LR=${LR:-1e-4} ;; *) LR=${LR:-2e-2} ;; esac
   RUN=${RUN:-promptcblue-chatglm2-6b-$TAG-$LR}
+  SAVE_STEPS=${SAVE_STEPS:-1000}
   DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196}
             --per_device_train_batch_size ${BATCH_SIZE:-1} --gradient_accumulation_steps ${GRAD_ACCUM:-16}
-            --max_steps ${MAX_STEPS:-3000} --logging_steps 10 --save_steps ${SAVE_STEPS:-1000})
+            --max_steps ${MAX_STEPS:-3000} --logging_steps 10 --save_steps $SAVE_STEPS
+            --max_eval_samples ${EVAL_SAMPLES:-320})
 fi
+# The official dev score at every checkpoint (EVAL_STEPS, default SAVE_STEPS; 0: none), and the
+# best checkpoint by it kept, named in trainer_state.json and loaded at the end.
+EVAL_STEPS=${EVAL_STEPS:-$SAVE_STEPS}
+EVAL=(); [ "$EVAL_STEPS" != 0 ] && EVAL=(--do_eval --eval_steps "$EVAL_STEPS" --load_best_model_at_end)
 
 "${LAUNCH[@]}" \
     --do_train \
@@ -79,7 +89,9 @@ fi
     --learning_rate "$LR" \
     "${TUNE[@]}" \
     "${DEFAULTS[@]}" \
+    "${EVAL[@]}" \
     "$@"
 
 echo "train.sh: done. Checkpoints ($METHOD): output/$RUN/checkpoint-*; loss curve: output/$RUN/loss_curve.png"
+[ -f "output/$RUN/score_curve.png" ] && echo "train.sh: official dev score per evaluation: output/$RUN/score_curve.png, eval-*/scores.json and error_report.md; best: $(python3 -m glm2.checkpoint "output/$RUN")"
 echo "train.sh: evaluate with: $([ "$METHOD" = lora ] && echo "METHOD=lora ")bash evaluate.sh"

@@ -194,3 +194,41 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
             return path
         logger.warning("%s was not finished (no trainer_state.json); skipping it", path)
     return None
+
+
+def best_checkpoint(run_dir: str) -> str | None:
+    """The best checkpoint a run recorded (trainer_state.json's `best_model_checkpoint`, chosen
+    by --metric_for_best_model: the official score when it evaluated during training), if that
+    folder is still complete. The newest checkpoint's state is read first (a run in progress or
+    interrupted), then the one the finished run wrote beside its checkpoints."""
+    last = last_complete_checkpoint(run_dir)
+    for state_dir in ([last] if last else []) + [run_dir]:
+        path = os.path.join(state_dir, "trainer_state.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                best = json.load(f).get("best_model_checkpoint")
+        except (OSError, ValueError):
+            continue
+        if best:  # recorded as the run saw it (relative to where it ran): the name is what counts
+            path = os.path.join(run_dir, os.path.basename(os.path.normpath(best)))
+            if is_complete_checkpoint(path):
+                return path
+    return None
+
+
+def run_checkpoint(path: str) -> str | None:
+    """What a tool takes from a run folder: its best checkpoint when one is recorded, else its
+    newest complete one; a checkpoint folder is itself. None if there is none."""
+    if is_complete_checkpoint(path):
+        return path
+    return best_checkpoint(path) or last_complete_checkpoint(path)
+
+
+if __name__ == "__main__":  # evaluate.sh: `python -m glm2.checkpoint output/RUN` -> the checkpoint it takes
+    import sys
+
+    found = run_checkpoint(sys.argv[1]) if len(sys.argv) == 2 else None
+    if not found:
+        print(f"no complete checkpoint in {sys.argv[1:]}; train first or set CHECKPOINT/STEP", file=sys.stderr)
+        sys.exit(1)
+    print(found)

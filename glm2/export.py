@@ -25,6 +25,7 @@ import sys
 import torch
 
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora
+from .checkpoint import run_checkpoint
 from .model import ChatGLM2, checkpoint_kind
 from .tokenizer import SPECIAL_TOKENS, ChatGLM2Tokenizer
 
@@ -106,6 +107,8 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
     """Write the folder; return what was written (for the log and tests)."""
     from transformers import GenerationConfig
 
+    if checkpoint:  # a run folder: its best checkpoint when recorded, else its newest
+        checkpoint = run_checkpoint(checkpoint) or checkpoint
     kind = checkpoint_kind(checkpoint) if checkpoint else None
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
     tokenizer = ChatGLM2Tokenizer.from_pretrained(model_dir)
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_name_or_path", required=True, help="a chatglm2 folder (original layout)")
     ap.add_argument("--checkpoint", help="a LoRA adapter to merge, or a full fine-tune checkpoint (or a prefix: "
-                                         "refused politely, the base is written)")
+                                         "refused politely, the base is written); a run folder: its best "
+                                         "checkpoint when recorded, else its newest")
     ap.add_argument("--output_dir", required=True)
     ap.add_argument("--no_merge", action="store_true", help="keep a LoRA adapter apart, under OUTPUT/adapter/")
     ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,

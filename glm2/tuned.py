@@ -8,7 +8,7 @@ import os
 import torch
 from transformers.hf_argparser import string_to_bool  # what main.py's flags accept
 
-from .checkpoint import is_complete_checkpoint, last_complete_checkpoint
+from .checkpoint import is_complete_checkpoint, run_checkpoint
 from .model import ChatGLM2, checkpoint_kind
 from .tokenizer import ChatGLM2Tokenizer
 
@@ -19,8 +19,9 @@ def add_model_flags(parser) -> None:
     """The flags chat.py and web_demo.py share: which base, which tuned checkpoint, how loaded."""
     parser.add_argument("--model_name_or_path", default=EMBEDDED_MODEL)
     parser.add_argument("--ptuning_checkpoint", default=None,
-                        help="a checkpoint-N folder (P-tuning prefix or LoRA adapter) or a run folder (its newest "
-                             "one); default: the newest one under output/ (embedded model only)")
+                        help="a checkpoint-N folder (P-tuning prefix or LoRA adapter) or a run folder (its best "
+                             "checkpoint when recorded, else its newest); default: the newest run under output/ "
+                             "(embedded model only)")
     parser.add_argument("--max_source_length", type=int, default=700)
     parser.add_argument("--quantization_bit", type=int, default=None)
     parser.add_argument("--constrained_decoding", type=string_to_bool, default=True, metavar="true|false",
@@ -30,21 +31,23 @@ def add_model_flags(parser) -> None:
 
 
 def newest_checkpoint(model_dir: str, output_root: str = "output") -> str | None:
-    """The newest complete checkpoint under output/, for the embedded model only: for any
-    other model the user names the checkpoint (or its run folder)."""
+    """The checkpoint of the newest run under output/ (its best one when the run recorded it,
+    else its newest), for the embedded model only: for any other model the user names the
+    checkpoint (or its run folder)."""
     if os.path.normpath(model_dir) != os.path.normpath(EMBEDDED_MODEL):
         return None
     found = [d for d in glob.glob(os.path.join(output_root, "*", "checkpoint-*")) if is_complete_checkpoint(d)]
-    return max(found, key=os.path.getmtime) if found else None
+    return run_checkpoint(os.path.dirname(max(found, key=os.path.getmtime))) if found else None
 
 
 def load_tuned(model_dir: str, checkpoint: str | None,
                quantization_bit: int | None = None) -> tuple[ChatGLM2, ChatGLM2Tokenizer, str]:
     """(model with the checkpoint's prefix or LoRA adapter, tokenizer, checkpoint path), fp16 on
-    CUDA, fp32 on a CPU. `checkpoint` may be a run's output folder: its newest complete checkpoint."""
+    CUDA, fp32 on a CPU. `checkpoint` may be a run's output folder: its best checkpoint when the
+    run recorded one, else its newest complete one."""
     checkpoint = checkpoint or newest_checkpoint(model_dir)
     if checkpoint:
-        checkpoint = last_complete_checkpoint(checkpoint) or checkpoint  # a run folder: its newest checkpoint
+        checkpoint = run_checkpoint(checkpoint) or checkpoint
     if not checkpoint:
         raise ValueError("no checkpoint to compare with: pass --ptuning_checkpoint (none found under output/; "
                          "`bash train.sh` makes one for the embedded model)")
