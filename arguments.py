@@ -6,6 +6,22 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+def check_range(owner, name: str, low=None, high=None, allowed=None, low_open: bool = False) -> None:
+    """A number flag outside its range is a user error, one line naming the flag (exit 2):
+    `--max_source_length -5` would otherwise train on nothing, silently. None means unset."""
+    value = getattr(owner, name)
+    if value is None:
+        return
+    if allowed is not None:
+        if value not in allowed:
+            raise ValueError(f"--{name} {value}: must be one of {', '.join(map(str, allowed))}")
+        return
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        span = (f"> {low}" if low_open else f">= {low}") if high is None else \
+            f"in {'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"--{name} {value}: must be {span}")
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
@@ -40,6 +56,14 @@ class ModelArguments:
         default=None, metadata={"help": "Added: comma-separated layers to adapt, ours (q_proj,k_proj,v_proj,o_proj,"
                                         "gate_up_proj,down_proj) or the original's (query_key_value,dense,"
                                         "dense_h_to_4h,dense_4h_to_h); default all of them."})
+
+
+    def __post_init__(self):
+        for name in ("pre_seq_len", "lora_rank"):
+            check_range(self, name, 1)
+        check_range(self, "quantization_bit", allowed=(4, 8))
+        check_range(self, "lora_alpha", 0, low_open=True)
+        check_range(self, "lora_dropout", 0, 0.99)
 
 
 @dataclass
@@ -91,6 +115,9 @@ class DataTrainingArguments:
             raise ValueError("Need a --train_file, --validation_file or --test_file.")
         if self.val_max_target_length is None:
             self.val_max_target_length = self.max_target_length
+        for name in ("max_source_length", "max_target_length", "val_max_target_length", "max_train_samples",
+                     "max_eval_samples", "max_predict_samples", "num_beams", "preprocessing_num_workers"):
+            check_range(self, name, 1)
         if self.source_truncation_side not in ("left", "right"):
             raise ValueError("--source_truncation_side must be 'left' or 'right'")
         if self.task_sampling is not None:
@@ -121,6 +148,26 @@ class GenerationArguments:
     compile_generation: Optional[bool] = field(
         default=None, metadata={"help": "torch.compile the decode step (CUDA graphs on CUDA). Default: on for "
                                         "CUDA, off on a CPU, where compiling takes longer than it saves."})
+
+    def __post_init__(self):
+        check_range(self, "max_new_tokens", 1)
+        check_range(self, "top_p", 0, 1, low_open=True)
+        check_range(self, "top_k", 0)
+        check_range(self, "temperature", 0, low_open=True)
+        check_range(self, "repetition_penalty", 0, low_open=True)
+
+
+def check_training_numbers(args) -> None:
+    """transformers' TrainingArguments accepts a batch of 0 or -3 and fails later in a traceback."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        check_range(args, name, 1)
+    if args.max_steps != -1:
+        check_range(args, "max_steps", 1)
+    check_range(args, "num_train_epochs", 0, low_open=True)
+    check_range(args, "learning_rate", 0)
+    for name in ("save_steps", "eval_steps", "logging_steps"):
+        check_range(args, name, 0, low_open=True)
+    check_range(args, "save_total_limit", 1)
 
 
 @dataclass

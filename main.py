@@ -17,7 +17,8 @@ import torch
 import transformers
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
-from arguments import DataTrainingArguments, GenerationArguments, LegacyTrainingArguments, ModelArguments
+from arguments import (DataTrainingArguments, GenerationArguments, LegacyTrainingArguments, ModelArguments,
+                       check_training_numbers)
 from cblue.records import RecordError
 from cblue.dataset import load_records_dataset, split_tasks, tokenize_for_training
 from cblue.outputs import save_json
@@ -227,6 +228,7 @@ def evaluation_during_training(tokenizer, model_args, data_args, gen_args, train
 
 def main():
     model_args, data_args, gen_args, legacy_args, training_args = parse_args()
+    check_training_numbers(training_args)
     setup_logging(training_args)
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a chatglm2-6b folder)")

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import GOLDEN, ROOT, needs_golden, run_main
 
 MODEL = os.path.join(GOLDEN, "model")
@@ -95,3 +97,16 @@ def test_non_utf8_prediction_file_for_scoring(tmp_path):
                            "--pred", str(pred)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{pred}:1: not UTF-8" in proc.stderr
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--max_source_length", "-5", "--max_source_length -5: must be >= 1"),
+    ("--per_device_train_batch_size", "0", "--per_device_train_batch_size 0: must be >= 1"),
+    ("--pre_seq_len", "0", "--pre_seq_len 0: must be >= 1"),
+    ("--quantization_bit", "3", "--quantization_bit 3: must be one of 4, 8"),
+    ("--top_p", "1.5", "--top_p 1.5: must be in (0, 1]"),
+])
+def test_numbers_out_of_range_are_user_errors(tmp_path, flag, value, expected):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"input": "问题", "target": "答案"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    one_line_error(train(path, tmp_path, flag, value), expected)
