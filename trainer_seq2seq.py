@@ -13,6 +13,7 @@ error_report.md, and `--metric_for_best_model score` picks the best checkpoint b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,27 @@ from cblue.tasks import TASKS, main_metric
 
 logger = logging.getLogger(__name__)
 ALL_TASKS = list(dict.fromkeys(TASKS["v2"] + TASKS["v1"]))
+
+@contextlib.contextmanager
+def _training_rng_kept():
+    """Evaluation draws from the global random generators (every DataLoader iterator takes a
+    seed from torch's), and the next epoch's shuffle would then differ: a run that evaluates
+    would train on another order than one that does not. Restored afterwards, it does not."""
+    import random
+
+    import numpy as np
+
+    state = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.random.set_rng_state(state[2])
+        if state[3] is not None:
+            torch.cuda.set_rng_state_all(state[3])
+
 
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
@@ -47,6 +69,10 @@ class PrefixTrainer(Trainer):
         for them, as one set of metrics (logged once)."""
         if self.predictor is None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        with _training_rng_kept():
+            return self._evaluate_and_score(ignore_keys, metric_key_prefix)
+
+    def _evaluate_and_score(self, ignore_keys, metric_key_prefix: str) -> dict:
         start, step = time.time(), self.state.global_step
         metrics = {}
         if self.eval_dataset is not None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_main, tiny_train_args
+from conftest import ROOT, logged_losses, run_main, tiny_train_args
 
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 STEPS, EVERY = 30, 10
@@ -21,8 +21,7 @@ def train_args(model, out, valid, *extra):
     return tiny_train_args(model, out, "--learning_rate", "3e-2", "--pre_seq_len", "8", "--max_steps", str(STEPS),
                            "--save_steps", str(EVERY), "--eval_steps", str(EVERY), "--do_eval",
                            "--validation_file", valid, "--per_device_eval_batch_size", "8",
-                           "--save_total_limit", "1", "--load_best_model_at_end", "--task_sampling", "uniform",
-                           *extra)
+                           "--save_total_limit", "1", "--load_best_model_at_end", "--max_train_samples", "40", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +124,18 @@ def test_a_killed_run_resumes_to_the_same_best(run, tiny_model, valid_file, tmp_
         (out / "eval-30" / "generated_predictions.txt").read_text()
 
 
+def test_evaluating_does_not_change_what_training_does(run, tiny_model, tmp_path):
+    """Evaluation draws from the global random generators; restored, the next epochs shuffle as
+    in a run that never evaluates (30 steps of batch 4 are a few epochs of the sample data)."""
+    out, _ = run
+    run_main(tiny_train_args(tiny_model, tmp_path, "--learning_rate", "3e-2", "--pre_seq_len", "8",
+                             "--max_steps", str(STEPS), "--save_steps", str(STEPS), "--max_train_samples", "40",
+                             "--overwrite_output_dir"))
+    with_eval = logged_losses(out)
+    without = logged_losses(tmp_path)
+    assert without == pytest.approx(with_eval, abs=1e-6)
+
+
 def test_two_processes_score_as_one(tiny_model, valid_file, tmp_path):
     """Each process generates its half; the score is computed once, on rank 0, and equals one
     process's evaluation of the same checkpoint."""
@@ -161,3 +172,18 @@ def test_tools_take_the_recorded_best_else_the_newest(tmp_path):
     assert run_checkpoint(str(tmp_path / "checkpoint-20")) == str(tmp_path / "checkpoint-20")  # a step is itself
     (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()  # the best is gone (incomplete): the newest
     assert run_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-20")
+
+
+def test_task_sampling_resumes_exactly(tiny_model, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    args = ("--learning_rate", "3e-2", "--pre_seq_len", "8", "--max_steps", "6", "--save_steps", "3",
+            "--task_sampling", "temperature:2")
+    proc = run_main(tiny_train_args(tiny_model, full, *args, "--overwrite_output_dir"))
+    assert "--task_sampling temperature:2: 720 draws an epoch over 18 tasks" in proc.stdout
+    os.makedirs(resumed)
+    import shutil
+
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    run_main(tiny_train_args(tiny_model, resumed, *args))
+    a, b = logged_losses(full), logged_losses(resumed)
+    assert [b[s] for s in (4, 5, 6)] == pytest.approx([a[s] for s in (4, 5, 6)], abs=1e-6)
