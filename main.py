@@ -70,7 +70,7 @@ def setup_logging(training_args):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
     level = logging.INFO if training_args.should_log else logging.WARNING
-    for name in ("main", "cblue", "glm2", "trainer_seq2seq"):
+    for name in ("main", "prediction", "cblue", "glm2", "trainer_seq2seq"):
         logging.getLogger(name).setLevel(level)
     transformers.utils.logging.set_verbosity_warning()
 
