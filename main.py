@@ -47,13 +47,17 @@ def parse_args():
 
 
 def evaluation_defaults(argv: list[str]) -> list[str]:
-    """`--eval_steps N` means evaluating every N steps (transformers also wants --eval_strategy
-    steps), and evaluating during training means the official score picks the best checkpoint
-    (transformers' default would be the loss). Given before the user's flags' parse, so that
-    transformers' own checks (save_steps a multiple of eval_steps, ...) see them."""
-    def last(flag):
-        values = [a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-                  for i, a in enumerate(argv) if a == flag or a.startswith(flag + "=")]
+    """Flags implied by the evaluation flags given, added before the parse so that transformers'
+    own checks (save_steps a multiple of eval_steps, ...) see them:
+    - `--eval_steps N` means evaluating every N steps (transformers also wants --eval_strategy steps);
+    - evaluating every steps without `--eval_steps`: at every checkpoint (`--save_steps`);
+    - evaluating during training: the official score picks the best checkpoint (transformers'
+      default would be the loss);
+    - `--eval_strategy no` (e.g. passed to train.sh, which asks for the best checkpoint): no best."""
+    def last(flag):  # the flag's last value; "" for a bare (boolean) flag; None if absent
+        nxt = lambda i: argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+        values = [a.split("=", 1)[1] if "=" in a else nxt(i) for i, a in enumerate(argv)
+                  if a == flag or a.startswith(flag + "=")]
         return values[-1] if values else None
 
     extra = []
@@ -61,8 +65,12 @@ def evaluation_defaults(argv: list[str]) -> list[str]:
     if strategy is None and last("--eval_steps") is not None:
         extra += ["--eval_strategy", "steps"]
         strategy = "steps"
+    if strategy == "steps" and last("--eval_steps") is None and last("--save_steps") is not None:
+        extra += ["--eval_steps", last("--save_steps")]
     if strategy not in (None, "no") and last("--metric_for_best_model") is None:
         extra += ["--metric_for_best_model", "score"]
+    if strategy in (None, "no") and last("--load_best_model_at_end") in ("", "true", "True"):
+        extra += ["--load_best_model_at_end", "false"]  # nothing is evaluated, so there is no best
     return extra
 
 

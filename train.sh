@@ -7,7 +7,7 @@
 #   bash train.sh                                        # no MODEL: the embedded tiny model, on CPU
 #   bash train.sh --max_steps 50 --learning_rate 1e-2   # any main.py flag overrides the defaults
 #   FRESH=1 bash train.sh                                # start over (default: resume the run's newest checkpoint)
-#   EVAL_STEPS=200 bash train.sh                         # the official dev score every 200 steps (default: at each
+#   EVAL_STEPS=200 bash train.sh --save_steps 200        # the official dev score every 200 steps (default: at each
 #                                                        # checkpoint; 0: none); the best checkpoint is kept and used
 #   bash train.sh --task_sampling temperature:2          # draw records by task: proportional|uniform|temperature:T
 #   LORA_RANK=8 bash train.sh  (or METHOD=lora)          # LoRA adapters (PEFT) instead of a prefix
@@ -68,10 +68,13 @@ else
             --max_steps ${MAX_STEPS:-3000} --logging_steps 10 --save_steps $SAVE_STEPS
             --max_eval_samples ${EVAL_SAMPLES:-320})
 fi
-# The official dev score at every checkpoint (EVAL_STEPS, default SAVE_STEPS; 0: none), and the
-# best checkpoint by it kept, named in trainer_state.json and loaded at the end.
-EVAL_STEPS=${EVAL_STEPS:-$SAVE_STEPS}
-EVAL=(); [ "$EVAL_STEPS" != 0 ] && EVAL=(--do_eval --eval_steps "$EVAL_STEPS" --load_best_model_at_end)
+# The official dev score at every checkpoint (or every EVAL_STEPS; 0: none), and the best
+# checkpoint by it kept, named in trainer_state.json and loaded at the end.
+case "${EVAL_STEPS:-}" in
+  0) EVAL=() ;;
+  "") EVAL=(--do_eval --eval_strategy steps --load_best_model_at_end) ;;  # at each --save_steps
+  *) EVAL=(--do_eval --eval_steps "$EVAL_STEPS" --load_best_model_at_end) ;;
+esac
 
 "${LAUNCH[@]}" \
     --do_train \

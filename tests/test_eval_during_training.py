@@ -187,3 +187,19 @@ def test_task_sampling_resumes_exactly(tiny_model, tmp_path):
     run_main(tiny_train_args(tiny_model, resumed, *args))
     a, b = logged_losses(full), logged_losses(resumed)
     assert [b[s] for s in (4, 5, 6)] == pytest.approx([a[s] for s in (4, 5, 6)], abs=1e-6)
+
+
+@pytest.mark.parametrize("argv,implied", [
+    (["--eval_steps", "5"], ["--eval_strategy", "steps", "--metric_for_best_model", "score"]),
+    # train.sh's default (evaluate at each checkpoint) with the user's own --save_steps
+    (["--eval_strategy", "steps", "--save_steps", "400", "--save_steps", "3"],
+     ["--eval_steps", "3", "--metric_for_best_model", "score"]),
+    (["--eval_steps", "5", "--metric_for_best_model", "loss"], ["--eval_strategy", "steps"]),
+    (["--eval_strategy", "steps", "--load_best_model_at_end", "--eval_strategy", "no"],
+     ["--load_best_model_at_end", "false"]),
+    (["--do_eval", "--save_steps", "3"], []),  # evaluation after training only, as the original
+])
+def test_flags_the_evaluation_flags_imply(argv, implied):
+    from main import evaluation_defaults
+
+    assert evaluation_defaults(argv) == implied
