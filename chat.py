@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from glm2.generation import GenerationSettings, stream_text
+from glm2.generation import NO_ANSWER, GenerationSettings, stream_text
 from glm2.model import base_only
 from glm2.tuned import add_model_flags, load_tuned
 
@@ -97,7 +97,7 @@ def print_streamed(texts) -> None:
             sys.stdout.write("\n" + text)
         shown = text
         sys.stdout.flush()
-    print("" if shown else "(empty)", flush=True)
+    print("" if shown else NO_ANSWER, flush=True)
 
 if __name__ == "__main__":
     from glm2.cli import run_cli

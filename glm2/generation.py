@@ -251,6 +251,11 @@ def _valid_end(tokens: list[int], constraint: BatchConstraint | None, beam: int)
     return tokens[:len(tokens) - held] + row.copy().finish()
 
 
+# What the demos show for an answer of no text (the model's first token ended it), instead of
+# an empty box that looks like a broken page.
+NO_ANSWER = "(no answer: the model stopped at once, its first token was the end)"
+
+
 def side_by_side(model: ChatGLM2, tokenizer, prompt: list[int], settings: GenerationSettings,
                  grammar: str | None = None) -> Iterator[tuple[str, str]]:
     """(base answer so far, tuned answer so far) for one prompt, both streamed together: the

@@ -14,7 +14,7 @@ from typing import Callable
 
 import gradio as gr
 
-from .generation import GenerationSettings, side_by_side
+from .generation import NO_ANSWER, GenerationSettings, side_by_side
 
 ALL_TASKS = "all tasks"
 
@@ -65,7 +65,7 @@ def build_app(model, tokenizer, examples: list[dict], encode: Callable[[str], li
         base = tuned = ""
         for base, tuned in side_by_side(model, tokenizer, encode(prompt), settings, grammar):
             yield base, tuned, ""
-        yield base, tuned, score_lines(record, prompt, base, tuned, scorer)
+        yield base or NO_ANSWER, tuned or NO_ANSWER, score_lines(record, prompt, base, tuned, scorer)
 
     with gr.Blocks(title=title) as app:
         gr.Markdown(f"## {title}")

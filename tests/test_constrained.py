@@ -371,6 +371,8 @@ def test_chat_answers_the_story_prompt_with_an_option(tiny_model, tiny_checkpoin
     answers = [block.split("\n", 1)[1].strip() for block in on.stdout.split("── ")[1:]]
     assert len(answers) == 2 and all(a in ("相同", "不同") for a in answers), on.stdout
     assert "decoding: constrained" in on.stdout and "decoding: free" in off.stdout
+    free = [block.split("\n", 1)[1].strip() for block in off.stdout.split("── ")[1:]]
+    assert len(free) == 2 and all(free), off.stdout  # an answer of no text says so (glm2.generation.NO_ANSWER)
 
 
 @pytest.mark.parametrize("task,answer,cut_at", [
