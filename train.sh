@@ -9,7 +9,8 @@
 #   FRESH=1 bash train.sh                                # start over (default: resume the run's newest checkpoint)
 #   EVAL_STEPS=200 bash train.sh --save_steps 200        # the official dev score every 200 steps (default: at each
 #                                                        # checkpoint; 0: none); the best checkpoint is kept and used
-#   bash train.sh --task_sampling temperature:2          # draw records by task: proportional|uniform|temperature:T
+#   TASK_SAMPLING=uniform bash train.sh                  # records drawn by task: temperature:2 (default), uniform,
+#                                                        # proportional, temperature:T, none (plain shuffling)
 #   LORA_RANK=8 bash train.sh  (or METHOD=lora)          # LoRA adapters (PEFT) instead of a prefix
 #   METHOD=full ENGINE=fsdp NUM_GPUS=4 bash train.sh     # full fine-tuning, sharded (FSDP2 or DeepSpeed)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 NUM_GPUS=8 bash train.sh   # on each node (NODE_RANK 0, 1)
@@ -76,6 +77,11 @@ case "${EVAL_STEPS:-}" in
   *) EVAL=(--do_eval --eval_steps "$EVAL_STEPS" --load_best_model_at_end) ;;
 esac
 
+# Training records drawn by task, weights n^(1/2) (n: the task's records): on the real
+# PromptCBLUE training file it scored above plain shuffling at every evaluation (BENCHMARKS.md).
+# TASK_SAMPLING=none: plain shuffling, as the original; proportional, uniform, temperature:T.
+SAMPLING=(); [ "${TASK_SAMPLING:-temperature:2}" != none ] && SAMPLING=(--task_sampling "${TASK_SAMPLING:-temperature:2}")
+
 "${LAUNCH[@]}" \
     --do_train \
     --train_file "$DATA/train.json" \
@@ -93,6 +99,7 @@ esac
     "${TUNE[@]}" \
     "${DEFAULTS[@]}" \
     "${EVAL[@]}" \
+    "${SAMPLING[@]}" \
     "$@"
 
 echo "train.sh: done. Checkpoints ($METHOD): output/$RUN/checkpoint-*; loss curve: output/$RUN/loss_curve.png"
