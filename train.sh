@@ -71,6 +71,11 @@ else
 fi
 # The official dev score at every checkpoint (or every EVAL_STEPS; 0: none), and the best
 # checkpoint by it kept, named in trainer_state.json and loaded at the end.
+SHARDED=$(printf '%s\n' "${TUNE[@]}" | grep -E -c -- '^--fsdp$|ds_zero3' || true)
+if [ "$SHARDED" != 0 ] && [ -z "${EVAL_STEPS:-}" ]; then
+  # Generating on sharded weights (FSDP, ZeRO-3) is not done during training: score the checkpoints after.
+  EVAL_STEPS=0; echo "train.sh: sharded weights: no official score during training; evaluate the checkpoints with evaluate.sh" >&2
+fi
 case "${EVAL_STEPS:-}" in
   0) EVAL=() ;;
   "") EVAL=(--do_eval --eval_strategy steps --load_best_model_at_end) ;;  # at each --save_steps
