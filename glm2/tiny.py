@@ -62,6 +62,11 @@ def train_tokenizer(train_file: str, model_path: str, vocab_size: int = 2000) ->
         for line in f:
             rec = json.loads(line)
             lines.extend([rec.get("input", ""), rec.get("target", ""), "[Round 1]\n\n问：\n\n答："])
+    # Every character is a piece (character_coverage 1.0), so a file with more distinct characters
+    # than the vocabulary (the real PromptCBLUE training set has ~4,100) needs a larger one; the
+    # sample data's tokenizer stays as it is.
+    chars = len(set("".join(lines)))
+    vocab_size = max(vocab_size, chars + vocab_size // 2)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="bpe",

@@ -2,7 +2,7 @@
 import json
 import os
 
-from conftest import ROOT
+from conftest import ROOT, SHARED_DATA, needs_shared_data
 from glm2.checkpoint import read_config
 from glm2.tiny import build_recipe, is_built
 
@@ -37,3 +37,21 @@ def test_the_build_shows_its_progress(tmp_path):
     assert "1/6 steps (16%)" in lines[0] and "steps/s" in lines[0] and " left, loss " in lines[0]
     assert "6/6 steps (100%)" in lines[-1] and ", took " in lines[-1]
     assert proc.stdout.strip() == str(tmp_path / "m")  # stdout stays the model path (train.sh reads it)
+
+
+@needs_shared_data
+def test_tokenizer_grows_for_files_with_many_characters(tmp_path):
+    """The real training set has more distinct characters than the demo's 2000 pieces: the
+    vocabulary grows instead of sentencepiece failing; the sample data's stays 2000."""
+    import sentencepiece as spm
+
+    from glm2.tiny import train_tokenizer
+
+    real = os.path.join(SHARED_DATA, "train.json")
+    train_tokenizer(real, str(tmp_path / "real.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "real.model"))
+    chars = {c for line in open(real, encoding="utf-8") for c in json.loads(line)["input"]}
+    assert sp.get_piece_size() > len(chars) > 2000
+    assert all(sp.piece_to_id(c) != sp.unk_id() for c in list(chars)[:500])
+    train_tokenizer(os.path.join(ROOT, "PromptCBLUE", "train.json"), str(tmp_path / "sample.model"))
+    assert spm.SentencePieceProcessor(model_file=str(tmp_path / "sample.model")).get_piece_size() == 2000
