@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 
 import torch
 import transformers

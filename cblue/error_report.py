@@ -11,7 +11,7 @@ import json
 import os
 from collections import Counter
 
-from .metrics import _item_key
+from .metrics import item_key
 from .outputs import atomic_write_text
 from .postprocess import structure
 from .prompt_options import record_task_options
@@ -23,7 +23,7 @@ _KINDS = ("unreadable", "wrong", "right")
 
 
 def _items(answer) -> set:
-    return {_item_key(x) for x in answer}
+    return {item_key(x) for x in answer}
 
 
 def _shown(item_key: tuple) -> str:

@@ -10,7 +10,7 @@ import json
 from sklearn.metrics import classification_report
 
 
-def _item_key(item: dict) -> tuple:
+def item_key(item: dict) -> tuple:
     return tuple(json.dumps(item[k], ensure_ascii=False) for k in sorted(item))
 
 
@@ -18,7 +18,7 @@ def extraction_prf(gold: list[list[dict]], pred: list[list[dict]]) -> dict:
     """Micro P/R/F1 over per-sample sets of items; 0 when nothing is right (TP = 0)."""
     tp = fp = fn = 0
     for g, p in zip(gold, pred):
-        gs, ps = {_item_key(x) for x in g}, {_item_key(x) for x in p}
+        gs, ps = {item_key(x) for x in g}, {item_key(x) for x in p}
         tp += len(gs & ps)
         fp += len(ps - gs)
         fn += len(gs - ps)
