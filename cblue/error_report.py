@@ -26,9 +26,9 @@ def _items(answer) -> set:
     return {item_key(x) for x in answer}
 
 
-def _shown(item_key: tuple) -> str:
+def _shown(key: tuple) -> str:
     """An item as `value/value/...` (its fields in key order)."""
-    return "/".join(x if isinstance(x := json.loads(v), str) else json.dumps(x, ensure_ascii=False) for v in item_key)
+    return "/".join(x if isinstance(x := json.loads(v), str) else json.dumps(x, ensure_ascii=False) for v in key)
 
 
 def _cell(text, limit: int = 120) -> str:
