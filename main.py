@@ -19,7 +19,7 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 from arguments import (DataTrainingArguments, GenerationArguments, LegacyTrainingArguments, ModelArguments,
                        check_training_numbers)
 from cblue.records import RecordError
-from cblue.dataset import load_records_dataset, split_tasks, tokenize_for_training
+from cblue.dataset import load_records_dataset, records_table, split_tasks, tokenize_for_training
 from cblue.outputs import save_json
 from glm2.checkpoint import last_complete_checkpoint
 from glm2.cli import run_cli
@@ -222,8 +222,7 @@ def evaluation_during_training(tokenizer, model_args, data_args, gen_args, train
     if not any(r.get(data_args.response_column) for r in eval_data.records):
         raise ValueError(f"{data_args.validation_file}: no record has a {data_args.response_column!r}: nothing to "
                          "score during training")
-    ds, _ = load_records_dataset(data_args.validation_file, data_args.prompt_column, data_args.response_column,
-                                 data_args.history_column, False, data_args.max_eval_samples, stratified=True)
+    ds = records_table(eval_data.records, data_args.prompt_column, data_args.response_column, data_args.history_column)
     ds, _ = tokenize_for_training(ds, tokenizer, data_args, data_args.preprocessing_num_workers,
                                   data_args.overwrite_cache)
     eval_ds, _ = split_tasks(ds)
@@ -288,7 +287,11 @@ def _zero_stage(deepspeed) -> int | None:
     """The ZeRO stage of a --deepspeed config (a path or a dict)."""
     if not deepspeed:
         return None
-    config = deepspeed if isinstance(deepspeed, dict) else json.load(open(deepspeed, encoding="utf-8"))
+    if isinstance(deepspeed, dict):
+        config = deepspeed
+    else:
+        with open(deepspeed, encoding="utf-8") as f:
+            config = json.load(f)
     return (config.get("zero_optimization") or {}).get("stage")
 
 

@@ -33,18 +33,23 @@ def load_records_dataset(path: str, prompt_column: str, response_column: str | N
     tokenized, the records). The table is built from the validated records, so whatever
     other fields a record carries (of any type) never reach pyarrow. `max_samples`: the first
     N records, or with `stratified` N taken evenly over the tasks."""
-    import datasets
-
     records = read_records(path, prompt_column, response_column, history_column, require_response)
     if max_samples is not None:
         records = stratified_sample(records, max_samples) if stratified else records[:max_samples]
+    return records_table(records, prompt_column, response_column, history_column), records
+
+
+def records_table(records: list[dict], prompt_column: str, response_column: str | None, history_column: str | None):
+    """The `datasets` table of validated records' tokenized columns (and their task)."""
+    import datasets
+
     columns = {prompt_column: [r[prompt_column] for r in records],
                "task_dataset": [str(r.get("task_dataset") or "") for r in records]}
     if response_column:
         columns[response_column] = [r.get(response_column) or "" for r in records]
     if history_column:
         columns[history_column] = [[list(t) for t in r.get(history_column) or []] for r in records]
-    return datasets.Dataset.from_dict(columns), records
+    return datasets.Dataset.from_dict(columns)
 
 
 def tokenize_for_training(ds, tokenizer, data_args, num_proc=None, overwrite_cache=False):
