@@ -46,6 +46,10 @@ class ModelArguments:
         default=None, metadata={"help": "P-tuning v2 prefix length; without it the whole model is fine-tuned."})
     prefix_projection: bool = field(
         default=False, metadata={"help": "Pass the prefix through a two-layer MLP (P-tuning v2 variant)."})
+    prefix_init: str = field(
+        default="random", metadata={"help": "Added: how a fresh prefix starts: `random` (N(0, 1), the original) or "
+                                            "`train_rows` (the keys and values the base model computes for the first "
+                                            "training rows, prompt and answer, as if it had read them)."})
     lora_rank: Optional[int] = field(
         default=None, metadata={"help": "Added: train LoRA adapters of this rank (through PEFT) instead of a prefix; "
                                         "exclusive with --pre_seq_len."})
@@ -62,6 +66,7 @@ class ModelArguments:
         for name in ("pre_seq_len", "lora_rank"):
             check_range(self, name, 1)
         check_range(self, "quantization_bit", allowed=(4, 8))
+        check_range(self, "prefix_init", allowed=("random", "train_rows"))
         check_range(self, "lora_alpha", 0, low_open=True)
         check_range(self, "lora_dropout", 0, 0.99)
 

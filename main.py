@@ -144,6 +144,11 @@ def train(model, tokenizer, model_args, data_args, gen_args, legacy_args, traini
         # an unfinished line), and constrained decoding then has to finish what it never saw.
         logger.warning("%d of %d targets are longer than --max_target_length %d and are cut: raise it to cover "
                        "the answers", stats["truncated_targets"], stats["records"], data_args.max_target_length)
+    if model_args.prefix_init == "train_rows" and model.prefix_encoder is not None and not model_args.ptuning_checkpoint:
+        from glm2.prefix import init_from_activations
+
+        rows = [t for row in train_ds.select(range(min(64, len(train_ds))))["input_ids"] for t in row]
+        init_from_activations(model.prefix_encoder, model.base, rows)
     train_ds, tasks = split_tasks(train_ds)
     task_sampler = None
     if data_args.task_sampling:

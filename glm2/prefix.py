@@ -72,6 +72,26 @@ class PrefixEncoder(nn.Module):
         self.load_state_dict(ours)
 
 
+@torch.no_grad()
+def init_from_activations(encoder: PrefixEncoder, base, token_ids: list[int]) -> None:
+    """Start the prefix as the keys and values `base` computes for `token_ids` (pre_seq_len of
+    them), as if the model had just read that text. A random N(0, 1) prefix (the original's)
+    is attention to made-up tokens in every layer: on a small model it buries the prompt, and
+    training starts far above the base's loss; read-text keys and values keep the model as it was."""
+    if encoder.projection:
+        raise ValueError("--prefix_init train_rows sets the prefix rows directly: not with --prefix_projection")
+    if len(token_ids) < encoder.pre_seq_len:
+        raise ValueError(f"--prefix_init train_rows needs {encoder.pre_seq_len} tokens of training rows, "
+                         f"the file has {len(token_ids)}")
+    ids = torch.tensor([token_ids[:encoder.pre_seq_len]], device=encoder.embedding.weight.device)
+    cache = base(input_ids=ids, use_cache=True).past_key_values
+    rows = []
+    for layer in cache.layers:  # keys, values: [1, kv_groups, pre_seq_len, head_dim]
+        rows += [layer.keys[0], layer.values[0]]
+    kv = torch.stack(rows)  # [2 * layers, groups, pre_seq_len, head_dim] -> the embedding's row layout
+    encoder.embedding.weight.copy_(kv.permute(2, 0, 1, 3).reshape(encoder.pre_seq_len, -1))
+
+
 def read_prefix_checkpoint(ckpt_dir: str) -> dict[str, torch.Tensor]:
     """The prefix tensors of a checkpoint-N folder (ours or the original's)."""
     from .checkpoint import open_weights

@@ -9,6 +9,10 @@ exactly the loading path a downloaded chatglm2-6b does. The folder remembers its
 seed, pre-training steps) and is rebuilt when that changes.
 
     python -m glm2.tiny --train_file PromptCBLUE/train.json --out output/tiny-chatglm2 --pretrain_steps 600
+
+With `--chat_file PromptCBLUE/chat.json --chat_steps N` a supervised chat stage follows (long,
+chatty answers to conversational questions, tools/sample_chat.py), so the base answers like a
+chat model before tuning; train.sh does not use it yet (BENCHMARKS.md, "The demo's base").
 """
 from __future__ import annotations
 
@@ -32,13 +36,20 @@ TINY_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, h
 DONE_MARKER = ".complete"
 
 
-def build_recipe(train_file: str, seed: int, pretrain_steps: int) -> dict:
-    """What the built model depends on; a cached build with another recipe is rebuilt."""
+def _sha1(path: str) -> str:
     import hashlib
 
-    with open(train_file, "rb") as f:
-        data = hashlib.sha1(f.read()).hexdigest()
-    return {"train_file_sha1": data, "seed": seed, "pretrain_steps": pretrain_steps, "shape": TINY_SHAPE}
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def build_recipe(train_file: str, seed: int, pretrain_steps: int, chat_file: str | None = None,
+                 chat_steps: int = 0) -> dict:
+    """What the built model depends on; a cached build with another recipe is rebuilt."""
+    recipe = {"train_file_sha1": _sha1(train_file), "seed": seed, "pretrain_steps": pretrain_steps, "shape": TINY_SHAPE}
+    if chat_file:
+        recipe.update(chat_file_sha1=_sha1(chat_file), chat_steps=chat_steps)
+    return recipe
 
 
 def is_built(out_dir: str, recipe: dict | None = None) -> bool:
@@ -54,13 +65,17 @@ def is_built(out_dir: str, recipe: dict | None = None) -> bool:
             return False
 
 
-def train_tokenizer(train_file: str, model_path: str, vocab_size: int = 2000) -> None:
+def _read(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def train_tokenizer(files: str | list[str], model_path: str, vocab_size: int = 2000) -> None:
     import sentencepiece as spm
 
     lines = []
-    with open(train_file, encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
+    for path in [files] if isinstance(files, str) else files:
+        for rec in _read(path):
             lines.extend([rec.get("input", ""), rec.get("target", ""), "[Round 1]\n\n问：\n\n答："])
     # Every character is a piece (character_coverage 1.0), so a file with more distinct characters
     # than the vocabulary (the real PromptCBLUE training set has ~4,100) needs a larger one; the
@@ -78,27 +93,19 @@ def train_tokenizer(train_file: str, model_path: str, vocab_size: int = 2000) ->
         f.write(buf.getvalue())
 
 
-def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128, batch_size: int = 16,
-             lr: float = 3e-3, seed: int = 0) -> list[float]:
-    """Causal-LM training of all weights on plain texts (no chat template, no prompt/answer
-    pairing): the tiny model learns the language and the answer formats, but not which answer
-    follows which prompt. That mapping is what P-tuning then has to teach."""
-    stream = []
-    for text in texts:
-        stream.extend(tokenizer.encode_text(text) + [tokenizer.eos_token_id])
-    data = torch.tensor(stream, dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
+def fit(model, next_batch, steps: int, lr: float, what: str) -> list[float]:
+    """AdamW with warm-up and cosine decay (to a tenth) over `steps` batches of next_batch(step)
+    = (input_ids, labels): the loop both building stages share."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(
         0.1, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     model.train()
     losses = []
-    with Progress(steps, "building the tiny model: pre-training", unit="steps") as progress:
+    with Progress(steps, f"building the tiny model: {what}", unit="steps") as progress:
         for step in range(steps):
-            starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=gen)
-            batch = torch.stack([data[s:s + seq_len] for s in starts.tolist()])
-            loss = model(input_ids=batch, labels=batch).loss
+            input_ids, labels = next_batch(step)
+            loss = model(input_ids=input_ids, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -110,10 +117,54 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128,
     return losses
 
 
-def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0) -> str:
+def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128, batch_size: int = 16,
+             lr: float = 3e-3, seed: int = 0) -> list[float]:
+    """Causal-LM training of all weights on plain texts (no chat template, no prompt/answer
+    pairing): the tiny model learns the language and the answer formats, but not which answer
+    follows which prompt. That mapping is what P-tuning then has to teach."""
+    stream = []
+    for text in texts:
+        stream.extend(tokenizer.encode_text(text) + [tokenizer.eos_token_id])
+    data = torch.tensor(stream, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+
+    def windows(_step):
+        starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=gen)
+        batch = torch.stack([data[s:s + seq_len] for s in starts.tolist()])
+        return batch, batch
+
+    return fit(model, windows, steps, lr, "pre-training")
+
+
+def chat_tune(model, tokenizer, pairs: list[dict], steps: int, batch_size: int = 16, lr: float = 1e-3,
+              seed: int = 0) -> list[float]:
+    """Supervised stage on chat pairs, in the model's own prompt format and with the loss on the
+    answer only, exactly as main.py builds a training row: afterwards the base answers any
+    prompt, at length and in its own words (the "before" of the demo, as ChatGLM2-6B is)."""
+    from cblue.features import train_features
+
+    rows = train_features({"input": [p["input"] for p in pairs], "target": [p["target"] for p in pairs]},
+                          tokenizer, "input", "target", None, 128, 192, "left")
+    gen = torch.Generator().manual_seed(seed)
+    pad = tokenizer.pad_token_id
+
+    def batch(_step):
+        pick = torch.randint(0, len(rows["input_ids"]), (batch_size,), generator=gen).tolist()
+        width = max(len(rows["input_ids"][i]) for i in pick)
+        ids = torch.tensor([rows["input_ids"][i] + [pad] * (width - len(rows["input_ids"][i])) for i in pick])
+        labels = torch.tensor([rows["labels"][i] + [-100] * (width - len(rows["labels"][i])) for i in pick])
+        return ids, labels  # right padding: causal attention never looks at the pads
+
+    return fit(model, batch, steps, lr, "chat stage")
+
+
+def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0,
+                     chat_file: str | None = None, chat_steps: int = 0) -> str:
     """Build (once) and return out_dir. Built in a temporary folder and renamed when complete,
-    so an interrupted build is never mistaken for a finished one."""
-    recipe = build_recipe(train_file, seed, pretrain_steps)
+    so an interrupted build is never mistaken for a finished one. With chat_file (records of
+    input = question, target = answer) the tokenizer and pre-training cover its texts too, and
+    chat_steps of the supervised chat stage follow the pre-training."""
+    recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps)
     if is_built(out_dir, recipe):
         return out_dir
     from transformers import GlmConfig, GlmForCausalLM
@@ -125,7 +176,7 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     tmp = out_dir.rstrip("/") + ".building"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    train_tokenizer(train_file, os.path.join(tmp, "tokenizer.model"))
+    train_tokenizer([train_file] + ([chat_file] if chat_file else []), os.path.join(tmp, "tokenizer.model"))
     tok = ChatGLM2Tokenizer(os.path.join(tmp, "tokenizer.model"))
     tok.save_pretrained(tmp)
     vocab = -(-len(tok) // 64) * 64  # padded_vocab_size, a multiple of 64 like chatglm2's
@@ -136,12 +187,14 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     config = glm_config_from_chatglm(chatglm_config_from_glm(shape))
     torch.manual_seed(seed)
     model = GlmForCausalLM._from_config(config, dtype=torch.float32)
+    chat = _read(chat_file) if chat_file else []
     if pretrain_steps:
-        with open(train_file, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records = _read(train_file) + chat
         texts = [r.get(k, "") for r in records for k in ("input", "target") if r.get(k)]
         random.Random(seed).shuffle(texts)
         pretrain(model, tok, texts, pretrain_steps, seed=seed)
+    if chat and chat_steps:
+        chat_tune(model, tok, chat, chat_steps, seed=seed)
     save_chatglm(model, tmp)
     with open(os.path.join(tmp, DONE_MARKER), "w", encoding="utf-8") as f:
         json.dump(recipe, f)
@@ -159,9 +212,12 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain_steps", type=int, default=0,
                         help="causal-LM pre-training steps on the texts of --train_file (0: random weights)")
+    parser.add_argument("--chat_file", default=None,
+                        help="chat pairs (input, target) for a supervised stage after pre-training: PromptCBLUE/chat.json")
+    parser.add_argument("--chat_steps", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps))
+    print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,28 @@ def test_the_wordings_users_ask_in_are_there():
     assert any(re.match(r"下面的搜索词和页面标签的意思有多相同？\n搜索词：.+\n页面标签：.+\n选项：", i) for i in inputs)
     targets = {r["target"] for r in _records("train.json")}
     assert {"相同", "完全匹配", "鳞状细胞癌"} <= targets
+
+
+def _chat_module():
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import sample_chat
+    finally:
+        sys.path.pop(0)
+    return sample_chat
+
+
+def test_chat_pairs_are_what_the_generator_writes_and_ask_no_task_prompt():
+    """chat.json (the tiny model's chat stage) is reproducible, its answers are long, and no
+    question in it is a PromptCBLUE prompt of the shipped files or one of their wordings: the
+    tuned model's dev prompts stay unseen."""
+    chat = _records("chat.json")
+    assert chat == _chat_module().build_chat(680, seed=5)
+    assert min(len(r["target"]) for r in chat) > 40
+    prompts = {r["input"] for name in ("train.json", "dev.json", "test.json", "dev_v1.json") for r in _records(name)}
+    assert not prompts & {r["input"] for r in chat}
+    templates = [t[0] if isinstance(t, tuple) else t for name, value in vars(sample).items()
+                 if name.endswith("_PROMPTS") for t in value]
+    assert not [r["input"] for r in chat for t in templates if _pattern(t).match(r["input"])]

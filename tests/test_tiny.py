@@ -7,6 +7,7 @@ from glm2.checkpoint import read_config
 from glm2.tiny import build_recipe, is_built
 
 TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
+CHAT = os.path.join(ROOT, "PromptCBLUE", "chat.json")
 
 
 def test_built_in_the_original_layout(tiny_model):
@@ -29,13 +30,18 @@ def test_the_build_shows_its_progress(tmp_path):
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "glm2.tiny", "--train_file", TRAIN, "--out", str(tmp_path / "m"),
-                           "--pretrain_steps", "6"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, GLM2_PROGRESS_SECONDS="0"))
+                           "--pretrain_steps", "6", "--chat_file", CHAT, "--chat_steps", "3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, GLM2_PROGRESS_SECONDS="0"))
     assert proc.returncode == 0, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.startswith("building the tiny model: pre-training: ")]
     assert len(lines) == 6
     assert "1/6 steps (16%)" in lines[0] and "steps/s" in lines[0] and " left, loss " in lines[0]
     assert "6/6 steps (100%)" in lines[-1] and ", took " in lines[-1]
+    # then the supervised chat stage; the recipe (and so the cache) includes it
+    chat = [l for l in proc.stderr.splitlines() if l.startswith("building the tiny model: chat stage: ")]
+    assert len(chat) == 3 and "3/3 steps (100%)" in chat[-1]
+    assert is_built(str(tmp_path / "m"), build_recipe(TRAIN, 0, 6, CHAT, 3))
+    assert not is_built(str(tmp_path / "m"), build_recipe(TRAIN, 0, 6))
     assert proc.stdout.strip() == str(tmp_path / "m")  # stdout stays the model path (train.sh reads it)
 
 

@@ -115,3 +115,19 @@ def test_the_original_command_line_runs_unchanged(tiny_model, tmp_path):
     assert state["global_step"] == 2 and state["train_batch_size"] == 32
     prefix = torch.load(tmp_path / "checkpoint-2" / "pytorch_model.bin", weights_only=True)
     assert prefix[CHECKPOINT_PREFIX + "embedding.weight"].shape[0] == 128
+
+
+def test_prefix_from_training_rows_holds_their_keys_and_values(tiny_model):
+    """--prefix_init train_rows: each layer's prefix is exactly the key/value cache the base
+    model builds for those tokens (the original's N(0, 1) prefix is the default)."""
+    from glm2.prefix import init_from_activations
+
+    m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=6).eval()
+    ids = list(range(10, 20))
+    init_from_activations(m.prefix_encoder, m.base, ids)
+    cache = m.base(input_ids=torch.tensor([ids[:6]]), use_cache=True).past_key_values
+    for (k, v), layer in zip(m.prefix_encoder.key_values(1, torch.float32), cache.layers):
+        torch.testing.assert_close(k, layer.keys)
+        torch.testing.assert_close(v, layer.values)
+    with pytest.raises(ValueError, match="needs 6 tokens"):
+        init_from_activations(m.prefix_encoder, m.base, ids[:3])

@@ -8,6 +8,8 @@ however the prompt is worded. Run
 `python tools/make_sample_data.py` to regenerate; the output is deterministic.
   train.json / dev.json / test.json   PromptCBLUE v2 task names (18 tasks; test has empty targets)
   dev_v1.json                         PromptCBLUE v1 task names (16 tasks: CMeIE, no Text2DT/CMedCausal)
+  chat.json                           not PromptCBLUE: long, chatty answers to conversational questions, the
+                                      tiny model's supervised stage before tuning (tools/sample_chat.py)
 """
 import json
 import os
@@ -340,6 +342,13 @@ def main():
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         print(f"PromptCBLUE/{name}: {len(records)} records")
+    from sample_chat import build_chat  # beside this file; imports its vocabularies from here
+
+    chat = build_chat(680, seed=5)
+    with open(os.path.join(root, "chat.json"), "w", encoding="utf-8") as f:
+        for rec in chat:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    print(f"PromptCBLUE/chat.json: {len(chat)} chat pairs")
 
 
 if __name__ == "__main__":
