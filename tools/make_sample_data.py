@@ -139,12 +139,18 @@ CTC_PROMPTS = ["判断临床试验筛选标准的类型：\n{text}\n选项：{la
                "{text}\n是什么临床试验筛选标准类型？\n临床试验筛选标准选项：{labels}\n答："]
 
 
-def ctc(r):
+def ctc_criterion(r) -> tuple[str, str]:
+    """(label, criterion text) of one clinical-trial screening criterion."""
     label = r.choice(CTC_LABELS)
     text = {"疾病": f"患有{r.choice(DISEASES)}者", "药物": f"近期服用{r.choice(DRUGS)}者", "年龄": "年龄18至65岁",
             "怀孕相关": "妊娠或哺乳期妇女", "过敏耐受": f"对{r.choice(DRUGS)}过敏者",
             "治疗或手术": f"近三个月接受过{r.choice(PROCEDURES)}", "实验室检查": f"{r.choice(EXAMS)}异常者",
             "知情同意": "签署知情同意书"}[label]
+    return label, text
+
+
+def ctc(r):
+    label, text = ctc_criterion(r)
     return phrase(r, CTC_PROMPTS, text=text, labels="，".join(CTC_LABELS)), label, CTC_LABELS
 
 

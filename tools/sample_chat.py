@@ -11,7 +11,7 @@ task records, drawn with their own seed; no dev or test prompt is among them (te
 from __future__ import annotations
 
 from make_sample_data import (BACTERIA, CDN_STANDARD, CDN_TERMS, CTC_LABELS, DAC_LABELS, DISEASES, DRUGS,
-                              EXAMS, PARTS, PEOPLE, PROCEDURES, QIC_LABELS, SYMPTOMS)
+                              EXAMS, PARTS, PEOPLE, QIC_LABELS, SYMPTOMS, ctc_criterion)
 
 OPENERS = ["您好！", "好的，", "你好，这个问题我来帮你看看。", "收到，", "这是一个很常见的问题。", "嗯，我理解你的疑问。"]
 CLOSERS = ["希望对您有帮助，如果还有其他问题，欢迎继续咨询。", "以上内容仅供参考，具体请以医生的面诊意见为准。",
@@ -105,11 +105,7 @@ def answer_relevance(r):
 
 
 def trial_criterion(r):
-    label = r.choice(CTC_LABELS)
-    text = {"疾病": f"患有{r.choice(DISEASES)}者", "药物": f"近期服用{r.choice(DRUGS)}者", "年龄": "年龄18至65岁",
-            "怀孕相关": "妊娠或哺乳期妇女", "过敏耐受": f"对{r.choice(DRUGS)}过敏者",
-            "治疗或手术": f"近三个月接受过{r.choice(PROCEDURES)}", "实验室检查": f"{r.choice(EXAMS)}异常者",
-            "知情同意": "签署知情同意书"}[label]
+    label, text = ctc_criterion(r)
     q = r.choice([f"临床试验里有一条要求是“{text}”，这算哪一类条件？", f"“{text}”这条入组标准说的是什么方面？",
                   f"请给这条入组条件分类：\n{text}\n类别：{'，'.join(CTC_LABELS)}"])
     body = f"“{text}”这条标准针对的是受试者的{label}情况，属于“{label}”类的筛选标准。临床试验会从多个方面筛选受试者，以保证安全和结果可靠。"
