@@ -22,6 +22,7 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
+from cblue.features import PadCollator  # noqa: F401  (the collator lives with the rows it pads; main.py imports it here)
 from cblue.tasks import TASKS, main_metric
 
 logger = logging.getLogger(__name__)
@@ -246,23 +247,6 @@ class ScoreCurveCallback(TrainerCallback):
         fig.savefig(path + ".tmp.png")
         os.replace(path + ".tmp.png", path)
         plt.close(fig)
-
-
-class PadCollator:
-    """Pads each batch to its own longest row (the original pads every row to the maximum)."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), -100, dtype=torch.long)
-        for i, f in enumerate(features):
-            ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
-            labels[i, :len(f["labels"])] = torch.tensor(f["labels"])
-        return {"input_ids": ids, "labels": labels}
-
 
 
 class ShardingReport(TrainerCallback):

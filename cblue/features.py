@@ -72,3 +72,21 @@ def generation_features(batch: dict, tokenizer, prompt_column: str, response_col
         out["label_ids"].append(tokenizer.encode_text(target)[:max_target_length])
         out["truncated"].append(cut)
     return out
+
+
+class PadCollator:
+    """Pads each batch to its own longest row (the original pads every row to the maximum)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), -100, dtype=torch.long)
+        for i, f in enumerate(features):
+            ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            labels[i, :len(f["labels"])] = torch.tensor(f["labels"])
+        return {"input_ids": ids, "labels": labels}

@@ -141,19 +141,17 @@ def chat_tune(model, tokenizer, pairs: list[dict], steps: int, batch_size: int =
     """Supervised stage on chat pairs, in the model's own prompt format and with the loss on the
     answer only, exactly as main.py builds a training row: afterwards the base answers any
     prompt, at length and in its own words (the "before" of the demo, as ChatGLM2-6B is)."""
-    from cblue.features import train_features
+    from cblue.features import PadCollator, train_features
 
     rows = train_features({"input": [p["input"] for p in pairs], "target": [p["target"] for p in pairs]},
                           tokenizer, "input", "target", None, 128, 192, "left")
     gen = torch.Generator().manual_seed(seed)
-    pad = tokenizer.pad_token_id
+    collate = PadCollator(tokenizer.pad_token_id)  # main.py's: right padding, labels -100 on the pads
 
     def batch(_step):
         pick = torch.randint(0, len(rows["input_ids"]), (batch_size,), generator=gen).tolist()
-        width = max(len(rows["input_ids"][i]) for i in pick)
-        ids = torch.tensor([rows["input_ids"][i] + [pad] * (width - len(rows["input_ids"][i])) for i in pick])
-        labels = torch.tensor([rows["labels"][i] + [-100] * (width - len(rows["labels"][i])) for i in pick])
-        return ids, labels  # right padding: causal attention never looks at the pads
+        padded = collate([{"input_ids": rows["input_ids"][i], "labels": rows["labels"][i]} for i in pick])
+        return padded["input_ids"], padded["labels"]
 
     return fit(model, batch, steps, lr, "chat stage")
 
