@@ -61,6 +61,9 @@ class ModelArguments:
                                         "gate_up_proj,down_proj) or the original's (query_key_value,dense,"
                                         "dense_h_to_4h,dense_4h_to_h); default all of them."})
 
+    skip_memory_check: bool = field(
+        default=False, metadata={"help": "Added: train even when the memory estimate printed before training "
+                                         "(python -m glm2.memory) exceeds the GPU's free memory."})
 
     def __post_init__(self):
         for name in ("pre_seq_len", "lora_rank"):

@@ -23,6 +23,7 @@ from cblue.dataset import load_records_dataset, records_table, split_tasks, toke
 from cblue.outputs import save_json
 from glm2.checkpoint import last_complete_checkpoint
 from glm2.cli import run_cli
+from glm2.memory import check_before_training, zero_stage
 from glm2.model import ChatGLM2, base_only
 from glm2.tokenizer import ChatGLM2Tokenizer
 from prediction import Predictor, peak_gpu_memory
@@ -216,7 +217,7 @@ def evaluation_during_training(tokenizer, model_args, data_args, gen_args, train
         return None, None, None
     if data_args.validation_file is None:
         raise ValueError("--eval_steps / --eval_strategy need a --validation_file (with targets) to score")
-    if training_args.fsdp or _zero_stage(training_args.deepspeed) == 3:
+    if training_args.fsdp or zero_stage(training_args.deepspeed) == 3:
         # Generation on sharded weights needs every rank in every forward step, which answers of
         # different lengths do not give; the loss alone could be, but not the best checkpoint by score.
         raise ValueError("the official score during training needs whole weights on every process (one process, "
@@ -252,6 +253,8 @@ def main():
 
     trainer = None
     if training_args.do_train:
+        # The peak per device from the flags and the model's config, before the weights are read.
+        check_before_training(model_args, data_args, training_args, logger.info)
         model = load_model(model_args, training_args, for_training=True)
         trainer = train(model, tokenizer, model_args, data_args, gen_args, legacy_args, training_args)
     else:
@@ -286,18 +289,6 @@ def main():
         # Without this, gloo's worker threads can outlive the interpreter and abort the process at
         # exit ("terminate called without an active exception", SIGABRT), failing a finished run.
         torch.distributed.destroy_process_group()
-
-
-def _zero_stage(deepspeed) -> int | None:
-    """The ZeRO stage of a --deepspeed config (a path or a dict)."""
-    if not deepspeed:
-        return None
-    if isinstance(deepspeed, dict):
-        config = deepspeed
-    else:
-        with open(deepspeed, encoding="utf-8") as f:
-            config = json.load(f)
-    return (config.get("zero_optimization") or {}).get("stage")
 
 
 def _already_evaluated(trainer, training_args) -> bool:

@@ -1,0 +1,468 @@
+"""The peak accelerator memory a run needs, before it starts, for any settings.
+
+    python -m glm2.memory --model_name_or_path DIR [main.py's flags: --pre_seq_len 128
+        --per_device_train_batch_size 32 --max_source_length 64 --max_target_length 128 --fp16
+        --quantization_bit 4 --lora_rank 8 --gradient_checkpointing ...] [--num_gpus 4 --sharding zero3]
+
+No rule of thumb: the figures come from running the run's own code (ChatGLM2, PrefixEncoder,
+PEFT LoRA, QuantizedLinear, the answer-only loss, fused AdamW, the prompt pass and the static
+decode cache of prediction) at the model's real shapes on fake tensors (torch's FakeTensorMode:
+shapes and dtypes, no storage, no arithmetic), while torch's MemTracker adds up the bytes of
+every tensor alive, by kind, and keeps the breakdown at the peak. Every row is taken at its
+longest (source + target + eos), the worst batch a run meets. What fake tensors cannot show is
+added by formula: sharding over processes (FSDP / ZeRO), DDP's gradient buckets, the CUDA
+context. `--pattern original` runs the original code's work pattern instead (logits at every
+position, cast to fp32 before the loss) to compare with the original's published figures.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+GIB = 2 ** 30
+# Not tensors, so invisible to the tracker: the CUDA context with cuBLAS/cuDNN handles and
+# their workspaces, as nvidia-smi shows it next to the allocator's memory (a few hundred MB on
+# V100/A100 with torch 2; measured by bench/gpu_check.sh when a GPU is lent).
+CUDA_CONTEXT_BYTES = int(0.5 * GIB)
+SHAPES = {  # configs of models nobody has to download to ask (chatglm2 config.json fields)
+    "chatglm2-6b": dict(model_type="chatglm", num_layers=28, hidden_size=4096, num_attention_heads=32,
+                        kv_channels=128, multi_query_attention=True, multi_query_group_num=2,
+                        ffn_hidden_size=13696, padded_vocab_size=65024, layernorm_epsilon=1e-5,
+                        seq_length=32768, eos_token_id=2, pad_token_id=0),
+}
+
+
+@dataclass
+class RunSettings:
+    """What decides a run's memory; names follow main.py's flags."""
+    method: str = "ptuning"  # ptuning | lora | full
+    batch: int = 1  # --per_device_train_batch_size
+    source: int = 64  # --max_source_length (prompt tokens, [gMASK] sop included)
+    target: int = 128  # --max_target_length
+    pre_seq_len: int = 0
+    prefix_projection: bool = False
+    lora_rank: int = 8
+    lora_targets: list[str] = field(default_factory=lambda: ["query_key_value"])
+    lora_dropout: float = 0.1
+    dtype: str = "float16"  # the frozen base's dtype (main.model_dtype); full fine-tuning: fp32 + autocast
+    autocast: str | None = None  # full fine-tuning under --bf16 / --fp16
+    quantization_bit: int | None = None
+    checkpointing: bool = True
+    num_gpus: int = 1
+    sharding: str = "none"  # none | fsdp | zero2 | zero3
+    eval_batch: int = 16  # --per_device_eval_batch_size
+    eval_new_tokens: int | None = None  # default: target
+    pattern: str = "ours"  # ours | original
+
+    @property
+    def row_length(self) -> int:
+        return self.source + self.target + 1
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per device at the peak, by part; `total` is what the device must hold."""
+    weights: int
+    trainable: int  # trainable parameters + their gradients + optimizer state
+    activations: int  # saved for backward at the peak
+    workspace: int  # temporaries alive at the peak (gradients in flight, the loss head's copies)
+    logits: int  # of activations + workspace: the loss head's [rows, vocab] tensors (formula)
+    activations_without_checkpointing: int | None
+    activations_with_checkpointing: int | None
+    prediction_peak: int  # --do_eval / --do_predict: weights + prompt pass + decode cache
+    generation_cache: int  # of prediction_peak: the static key/value cache (prefix + prompt + new tokens)
+    sharding_note: str = ""
+    context: int = 0  # CUDA context (not tensors); 0 on a CPU
+
+    @property
+    def training_peak(self) -> int:
+        return self.weights + self.trainable + self.activations + self.workspace
+
+    @property
+    def total(self) -> int:
+        return max(self.training_peak, self.prediction_peak) + self.context
+
+
+def glm_config(model: str):
+    """A GlmConfig from a chatglm2 folder, its config.json, or a name in SHAPES."""
+    from .convert import glm_config_from_chatglm
+
+    if model in SHAPES:
+        raw = SHAPES[model]
+    else:
+        path = os.path.join(model, "config.json") if os.path.isdir(model) else model
+        if not os.path.isfile(path):
+            raise ValueError(f"{model}: neither a chatglm2 folder, its config.json, nor one of {sorted(SHAPES)}")
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    return glm_config_from_chatglm(raw)
+
+
+def _fake_run_model_class():
+    from .model import ChatGLM2
+
+    class FakeRunModel(ChatGLM2):
+        """ChatGLM2 with one change: the answer positions are selected by a fixed index instead of
+        the mask `labels != -100`, whose size fake tensors cannot know (it depends on the data).
+        Same rows, same copy and the same scatter in backward, so the same bytes."""
+        answer_positions = 0
+
+        def answer_loss(self, hidden, labels, num_items_in_batch=None):
+            targets = labels[:, 1:]
+            cols = torch.arange(self.answer_positions, targets.shape[1])
+            logits = self.base.lm_head(hidden[:, :-1][:, cols].flatten(0, 1)).float()
+            return torch.nn.functional.cross_entropy(logits, targets[:, cols].flatten())
+
+    return FakeRunModel
+
+
+def _fake_model(config, s: RunSettings, training: bool):
+    """The run's model, built as main.load_model builds it, on fake tensors."""
+    from transformers import GlmForCausalLM
+
+    from .prefix import PrefixEncoder
+    from .quantization import replace_linears
+
+    _FakeRunModel = _fake_run_model_class()
+
+    full = training and s.method == "full"
+    dtype = torch.float32 if full else s.torch_dtype
+    base = GlmForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    if s.quantization_bit:
+        replace_linears(base, s.quantization_bit, dtype)
+    prefix = None
+    if s.method == "ptuning" and s.pre_seq_len:
+        c = base.config
+        prefix = PrefixEncoder(s.pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
+                               c.hidden_size, s.prefix_projection)
+    model = _FakeRunModel(base, prefix)
+    model.answer_positions = s.source - 1  # the first shifted position whose target is an answer token
+    if s.method == "lora":
+        model.add_lora(s.lora_rank, 2.0 * s.lora_rank, s.lora_dropout if training else 0.0, s.lora_targets)
+    if full:
+        model.base.requires_grad_(True)
+    elif prefix is None:
+        model.base.requires_grad_(False)
+    return model
+
+
+class _NoHook:
+    def remove(self):
+        pass
+
+
+def _whole_peak_tracker():
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
+
+    class WholePeakTracker(MemTracker):
+        """MemTracker keeping the whole process's peak only: its per-module peaks walk every
+        module at every operation, minutes for a 6B step."""
+
+        def _update_peak_stats(self, peak_state) -> None:
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
+                    self._peak_mem[dev] = snap[_TOTAL_KEY]
+                    self._peak_mem_snap[dev] = dict(snap)
+
+    return WholePeakTracker
+
+
+def memory_tracker(*tracked):
+    """torch's MemTracker, following `tracked` (modules, optimizers) from before it is entered.
+    It hooks every parameter's gradient, which a frozen parameter cannot take: those are
+    marked as hooked already (they never get a gradient)."""
+    tracker = _whole_peak_tracker()()
+    for obj in tracked:
+        if isinstance(obj, torch.nn.Module):
+            for p in obj.parameters():
+                if not p.requires_grad:
+                    tracker._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
+    tracker.track_external(*tracked)
+    return tracker
+
+
+def peak_by_kind(tracker) -> dict[str, int]:
+    """The tracker's peak: bytes by kind (Parameter, Buffer, Gradient, Activation, Temp,
+    Optstate) and Total, at the moment the total was highest."""
+    peak = next(iter(tracker.get_tracker_snapshot("peak").values()), {})
+    return {str(getattr(k, "value", k)): v for k, v in peak.items()}
+
+
+def _training_rows(s: RunSettings, vocab: int) -> dict:
+    """A batch as PadCollator gives it, every row at its longest: prompt labelled -100."""
+    ids = torch.full((s.batch, s.row_length), 5, dtype=torch.long).clamp(max=vocab - 1)
+    labels = ids.clone()
+    labels[:, :s.source] = -100
+    return {"input_ids": ids, "labels": labels}
+
+
+def _original_loss(model, batch):
+    """The original's loss: logits at every position, cast to fp32, shifted copy, cross-entropy
+    (THUDM chatglm2 ChatGLMForConditionalGeneration.forward)."""
+    logits = model(input_ids=batch["input_ids"]).logits
+    logits = logits.to(torch.float32)
+    shift = logits[..., :-1, :].contiguous()
+    loss = torch.nn.functional.cross_entropy(shift.view(-1, shift.size(-1)), batch["labels"][..., 1:].reshape(-1))
+    return loss
+
+
+def simulate_training(config, s: RunSettings, checkpointing: bool) -> dict:
+    """Peak of one training step (forward, backward, optimizer step) on fake tensors, by kind."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    batch = _training_rows(s, config.vocab_size)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = _fake_model(config, s, training=True)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        trainable = sum(p.numel() * p.element_size() for p in params)
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=True)  # transformers 5's default optimizer
+
+        def step():
+            cast = (torch.autocast("cpu", dtype=getattr(torch, s.autocast)) if s.autocast
+                    else contextlib.nullcontext())
+            with cast:
+                loss = _original_loss(model, batch) if s.pattern == "original" else model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        tracker = memory_tracker(model, opt)
+        with tracker:
+            step()
+        peak = peak_by_kind(tracker)
+    peak["trainable_parameters"] = trainable
+    return peak
+
+
+def simulate_prediction(config, s: RunSettings) -> dict:
+    """Peak of prediction on fake tensors: the prompt pass of a batch of full-length prompts,
+    then the static cache for prefix + prompt + new tokens and one decode step."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .decode import StaticDecoder
+
+    new = s.eval_new_tokens or s.target
+    ids = torch.full((s.eval_batch, s.source), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = _fake_model(config, s, training=False)
+        model.eval().requires_grad_(False)
+
+        def run(tracker):
+            with torch.no_grad():
+                from transformers.cache_utils import DynamicCache
+
+                cache = model.past_for(ids.shape[0], growing=True) or DynamicCache(config=config)
+                full_mask = model.extend_mask(mask)
+                out = model.base(input_ids=ids, attention_mask=full_mask, position_ids=(mask.cumsum(-1) - 1),
+                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+                logits = out.logits[:, -1].float()
+                decoder = StaticDecoder(model.base, out.past_key_values, full_mask, mask.sum(-1, keepdim=True), new)
+                del out
+                tracker.reset_mod_stats()  # the decode step runs the modules a second time
+                decoder.step(logits.argmax(-1))
+                return sum(k.numel() * k.element_size() for k in decoder.cache.keys + decoder.cache.values)
+
+        tracker = memory_tracker(model)
+        with tracker:
+            cache_bytes = run(tracker)
+        peak = peak_by_kind(tracker)
+    peak["generation_cache"] = cache_bytes
+    return peak
+
+
+def logits_bytes(config, s: RunSettings) -> int:
+    """The loss head's [rows, vocab] tensors at their peak. Ours: the output layer on the labelled
+    positions only (target + eos per row): its output in the model's dtype, an fp32 copy, and
+    cross-entropy's fp32 log-probabilities. The original: the same at every position, plus the
+    shifted fp32 copy."""
+    item = 2 if s.torch_dtype in (torch.float16, torch.bfloat16) else 4
+    rows = s.batch * (s.target + 1 if s.pattern == "ours" else s.row_length)
+    per_row = config.vocab_size * (item + 4 + 4 + (4 if s.pattern == "original" else 0))
+    return rows * per_row
+
+
+def estimate(model: str, s: RunSettings, device: str = "cuda", both_checkpointing: bool = True) -> MemoryEstimate:
+    """The run's peak per device. `both_checkpointing`: also simulate the other checkpointing
+    setting, to show what it would change (a second training simulation)."""
+    config = glm_config(model)
+    peak = simulate_training(config, s, checkpointing=s.checkpointing)
+    other = simulate_training(config, s, checkpointing=not s.checkpointing) if both_checkpointing else None
+    on, off = (peak, other) if s.checkpointing else (other, peak)
+    trainable = peak["trainable_parameters"]
+    weights = peak.get("Parameter", 0) - trainable + peak.get("Buffer", 0)
+    train_state = trainable + peak.get("Gradient", 0) + peak.get("Optstate", 0)
+    acts, temp = peak.get("Activation", 0), peak.get("Temp", 0)
+    note = ""
+    n = max(1, s.num_gpus)
+    if s.sharding in ("fsdp", "zero3") and n > 1:
+        # Parameters, gradients and optimizer state split N ways; one layer's parameters are
+        # gathered whole while it runs (plus the next one prefetched).
+        per_layer = weights // max(1, config.num_hidden_layers)
+        weights, train_state = weights // n + 2 * per_layer, train_state // n
+        note = f"{s.sharding} over {n} processes: parameters, gradients and optimizer state / {n}"
+    elif s.sharding == "zero2" and n > 1:
+        train_state = trainable + (train_state - trainable) // n
+        note = f"zero2 over {n} processes: gradients and optimizer state / {n}"
+    elif n > 1:
+        train_state += trainable  # DDP's gradient buckets: a second copy of the gradients
+        note = f"DDP over {n} processes: each holds all of this, plus its gradient buckets"
+    pred = simulate_prediction(config, s)
+    both = lambda snap: None if snap is None else snap.get("Activation", 0) + snap.get("Temp", 0)
+    return MemoryEstimate(
+        weights=weights, trainable=train_state, activations=acts, workspace=temp, logits=logits_bytes(config, s),
+        activations_with_checkpointing=both(on), activations_without_checkpointing=both(off),
+        prediction_peak=pred.get("Total", 0), generation_cache=pred["generation_cache"], sharding_note=note,
+        context=CUDA_CONTEXT_BYTES if device == "cuda" else 0)
+
+
+def format_estimate(e: MemoryEstimate, s: RunSettings) -> str:
+    g = lambda b: "-" if b is None else f"{b / GIB:.2f} GiB"
+    quant = f" int{s.quantization_bit}" if s.quantization_bit else ""
+    what = {"ptuning": f"P-tuning, prefix {s.pre_seq_len}", "lora": f"LoRA rank {s.lora_rank}",
+            "full": "full fine-tuning"}[s.method]
+    rows = [("weights", e.weights), ("trainable params + gradients + optimizer", e.trainable),
+            ("activations (saved for backward)", e.activations), ("workspace (temporaries at the peak)", e.workspace),
+            ("  the loss head's logits (within the two above)", e.logits), ("training peak", e.training_peak),
+            ("  activations + workspace, checkpointing on", e.activations_with_checkpointing),
+            ("  activations + workspace, checkpointing off", e.activations_without_checkpointing),
+            (f"prediction peak (batch {s.eval_batch})", e.prediction_peak),
+            ("  of which the generation cache", e.generation_cache)]
+    if e.context:
+        rows.append(("CUDA context (not tensors)", e.context))
+    rows.append(("total", e.total))
+    head = (f"memory estimate per device: {what}, batch {s.batch} x {s.row_length} tokens, {s.dtype}{quant}, "
+            f"checkpointing {'on' if s.checkpointing else 'off'}"
+            f"{', the original work pattern' if s.pattern == 'original' else ''}")
+    lines = [head] + [f"  {name:<46} {g(b):>10}" for name, b in rows]
+    if e.sharding_note:
+        lines.append(f"  ({e.sharding_note})")
+    return "\n".join(lines)
+
+
+def settings_from_args(model_args, data_args, training_args, num_gpus: int | None = None,
+                       device: str | None = None) -> RunSettings:
+    """The RunSettings of main.py's parsed flags, as main.load_model / train() would run them."""
+    device = device or training_args.device.type
+    method = "lora" if model_args.lora_rank else "ptuning" if model_args.pre_seq_len else "full"
+    if method == "full" and model_args.ptuning_checkpoint:  # training on from a saved prefix or adapter
+        from .model import checkpoint_kind
+
+        method = {"lora": "lora", "prefix": "ptuning"}.get(checkpoint_kind(model_args.ptuning_checkpoint), "full")
+    if method == "full":
+        dtype = "float32"
+    elif training_args.bf16:
+        dtype = "bfloat16"
+    else:
+        dtype = "float16" if (training_args.fp16 or device == "cuda") else "float32"
+    autocast = ("bfloat16" if training_args.bf16 else "float16" if training_args.fp16 else None) \
+        if method == "full" else None
+    zero = zero_stage(training_args.deepspeed)
+    sharding = "fsdp" if training_args.fsdp else f"zero{zero}" if zero in (2, 3) else "none"
+    from .lora import target_modules
+
+    return RunSettings(
+        method=method, batch=training_args.per_device_train_batch_size, source=data_args.max_source_length,
+        target=data_args.max_target_length, pre_seq_len=model_args.pre_seq_len or 0,
+        prefix_projection=model_args.prefix_projection, lora_rank=model_args.lora_rank or 8,
+        lora_targets=target_modules(model_args.lora_target), lora_dropout=model_args.lora_dropout, dtype=dtype,
+        autocast=autocast, quantization_bit=model_args.quantization_bit,
+        checkpointing=bool(training_args.gradient_checkpointing or device == "cuda"),
+        num_gpus=num_gpus or int(os.environ.get("WORLD_SIZE", "1")), sharding=sharding,
+        eval_batch=training_args.per_device_eval_batch_size,
+        eval_new_tokens=data_args.val_max_target_length or data_args.max_target_length)
+
+
+def zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a --deepspeed config (a path or a dict)."""
+    if not deepspeed:
+        return None
+    if isinstance(deepspeed, dict):
+        config = deepspeed
+    else:
+        with open(deepspeed, encoding="utf-8") as f:
+            config = json.load(f)
+    return (config.get("zero_optimization") or {}).get("stage")
+
+
+def check_before_training(model_args, data_args, training_args, log) -> MemoryEstimate | None:
+    """main.py, before loading the model: log the estimate; on CUDA, stop with one line when it
+    exceeds the device's free memory (--skip_memory_check to try anyway)."""
+    s = settings_from_args(model_args, data_args, training_args)
+    device = training_args.device.type
+    try:
+        e = estimate(model_args.model_name_or_path, s, device=device, both_checkpointing=False)
+    except Exception as exc:  # an estimate that cannot be made never stops a run
+        log(f"memory estimate unavailable ({type(exc).__name__}: {str(exc)[:200]})")
+        return None
+    if training_args.process_index == 0:
+        log(format_estimate(e, s))
+    if device == "cuda" and not model_args.skip_memory_check:
+        free, total = torch.cuda.mem_get_info(training_args.device)
+        need = max(e.training_peak, e.prediction_peak)  # the context is already taken from `free`
+        if need > free:
+            raise ValueError(
+                f"this run needs about {need / GIB:.1f} GiB per GPU and {torch.cuda.get_device_name()} has "
+                f"{free / GIB:.1f} of {total / GIB:.1f} GiB free (estimate above): lower "
+                f"--per_device_train_batch_size (raise --gradient_accumulation_steps to keep the batch), "
+                f"--max_source_length / --max_target_length, or add --quantization_bit 4; "
+                f"--skip_memory_check runs it anyway")
+    return e
+
+
+def _parser():
+    from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from arguments import DataTrainingArguments, ModelArguments
+
+    return HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description="The peak accelerator memory of a run, by part, from its main.py flags (others are ignored).",
+        epilog="--model_name_or_path takes a chatglm2 folder, its config.json, or " + ", ".join(SHAPES))
+    ap.add_argument("--num_gpus", type=int, default=1, help="processes (DDP, or the shards of FSDP / ZeRO)")
+    ap.add_argument("--sharding", choices=["none", "fsdp", "zero2", "zero3"], default=None,
+                    help="default: from --fsdp / --deepspeed")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--pattern", choices=["ours", "original"], default="ours",
+                    help="original: THUDM's ptuning code's work pattern (logits at every position, in fp32)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON (bytes)")
+    own, rest = ap.parse_known_args(argv)
+    if not any(a.split("=")[0] in ("--train_file", "--validation_file", "--test_file") for a in rest):
+        rest += ["--train_file", "unused.json"]  # main.py's arguments want a data file; none is read here
+    model_args, data_args, training_args, _ = _parser().parse_args_into_dataclasses(
+        args=rest + ["--output_dir", "/tmp/glm2-memory-unused"], return_remaining_strings=True)
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required (a chatglm2 folder, its config.json, or a shape name)")
+    s = settings_from_args(model_args, data_args, training_args, own.num_gpus, own.device)
+    s.pattern = own.pattern
+    if own.sharding:
+        s.sharding = own.sharding
+    e = estimate(model_args.model_name_or_path, s, device=own.device)
+    if own.json:
+        print(json.dumps({"settings": asdict(s), **asdict(e), "training_peak": e.training_peak, "total": e.total},
+                         indent=2))
+    else:
+        print(format_estimate(e, s))
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    run_cli(main, "glm2.memory")
