@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .cuda_allocator import replay
+
 GIB = 2 ** 30
 # Not tensors, so invisible to the tracker: the CUDA context with cuBLAS/cuDNN handles and
 # their workspaces, as nvidia-smi shows it next to the allocator's memory (a few hundred MB on
@@ -48,7 +50,8 @@ class RunSettings:
     pre_seq_len: int = 0
     prefix_projection: bool = False
     lora_rank: int = 8
-    lora_targets: list[str] = field(default_factory=lambda: ["query_key_value"])
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_up_proj", "down_proj"])  # main.py's default
     lora_dropout: float = 0.1
     dtype: str = "float16"  # the frozen base's dtype (main.model_dtype); full fine-tuning: fp32 + autocast
     autocast: str | None = None  # full fine-tuning under --bf16 / --fp16
@@ -81,6 +84,7 @@ class MemoryEstimate:
     activations_with_checkpointing: int | None
     prediction_peak: int  # --do_eval / --do_predict: weights + prompt pass + decode cache
     generation_cache: int  # of prediction_peak: the static key/value cache (prefix + prompt + new tokens)
+    reserved: int  # what CUDA's caching allocator holds for the same tensors: nvidia-smi without the context
     sharding_note: str = ""
     context: int = 0  # CUDA context (not tensors); 0 on a CPU
 
@@ -89,8 +93,13 @@ class MemoryEstimate:
         return self.weights + self.trainable + self.activations + self.workspace
 
     @property
+    def tensor_peak(self) -> int:
+        return max(self.training_peak, self.prediction_peak)
+
+    @property
     def total(self) -> int:
-        return max(self.training_peak, self.prediction_peak) + self.context
+        """On CUDA what nvidia-smi shows at the peak (reserved + context); on a CPU the tensors."""
+        return self.reserved + self.context if self.context else self.tensor_peak
 
 
 def glm_config(model: str):
@@ -126,33 +135,46 @@ def _fake_run_model_class():
     return FakeRunModel
 
 
-def _fake_model(config, s: RunSettings, training: bool):
-    """The run's model, built as main.load_model builds it, on fake tensors."""
+def _meta_model(config, s: RunSettings, training: bool):
+    """The run's model, built as main.load_model builds it, on the meta device (no memory)."""
     from transformers import GlmForCausalLM
 
     from .prefix import PrefixEncoder
     from .quantization import replace_linears
 
-    _FakeRunModel = _fake_run_model_class()
-
     full = training and s.method == "full"
     dtype = torch.float32 if full else s.torch_dtype
-    base = GlmForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
-    if s.quantization_bit:
-        replace_linears(base, s.quantization_bit, dtype)
-    prefix = None
-    if s.method == "ptuning" and s.pre_seq_len:
-        c = base.config
-        prefix = PrefixEncoder(s.pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
-                               c.hidden_size, s.prefix_projection)
-    model = _FakeRunModel(base, prefix)
-    model.answer_positions = s.source - 1  # the first shifted position whose target is an answer token
-    if s.method == "lora":
-        model.add_lora(s.lora_rank, 2.0 * s.lora_rank, s.lora_dropout if training else 0.0, s.lora_targets)
+    with torch.device("meta"):
+        base = GlmForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
+        if s.quantization_bit:
+            replace_linears(base, s.quantization_bit, dtype)
+        prefix = None
+        if s.method == "ptuning" and s.pre_seq_len:
+            c = base.config
+            prefix = PrefixEncoder(s.pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
+                                   c.hidden_size, s.prefix_projection)
+        model = _fake_run_model_class()(base, prefix)
+        model.answer_positions = s.source - 1  # the first shifted position whose target is an answer token
+        if s.method == "lora":
+            model.add_lora(s.lora_rank, 2.0 * s.lora_rank, s.lora_dropout if training else 0.0, s.lora_targets)
     if full:
         model.base.requires_grad_(True)
-    elif prefix is None:
+    elif prefix is None and s.method != "lora":  # (add_lora froze the base around its adapters)
         model.base.requires_grad_(False)
+    return model
+
+
+def _as_fake(model: torch.nn.Module) -> torch.nn.Module:
+    """Meta parameters and buffers -> fake CPU tensors of the same shape, dtype and trainability
+    (called inside a FakeTensorMode; PEFT's layers cannot be built on fake tensors directly)."""
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
+                                                              requires_grad=p.requires_grad)
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
     return model
 
 
@@ -162,11 +184,25 @@ class _NoHook:
 
 
 def _whole_peak_tracker():
-    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _UpdateType
 
     class WholePeakTracker(MemTracker):
-        """MemTracker keeping the whole process's peak only: its per-module peaks walk every
-        module at every operation, minutes for a 6B step."""
+        """MemTracker keeping the whole process's peak only (its per-module peaks walk every
+        module at every operation, minutes for a 6B step), and the order in which storages
+        come and go (`events`, for glm2.cuda_allocator)."""
+
+        def __init__(self):
+            super().__init__()
+            self.events: list[tuple[str, int, int]] = []
+
+        def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
+            super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
+            if u_type == _UpdateType.ADD:
+                self.events.append(("alloc", id(winfo), winfo.mem_consumed))
+            elif u_type == _UpdateType.DEL:
+                self.events.append(("free", id(winfo), 0))
+            elif u_type == _UpdateType.SIZE:
+                self.events += [("free", id(winfo), 0), ("alloc", id(winfo), winfo.mem_consumed)]
 
         def _update_peak_stats(self, peak_state) -> None:
             for dev, snap in self._curr_mem_snap.items():
@@ -207,13 +243,29 @@ def _training_rows(s: RunSettings, vocab: int) -> dict:
 
 
 def _original_loss(model, batch):
-    """The original's loss: logits at every position, cast to fp32, shifted copy, cross-entropy
-    (THUDM chatglm2 ChatGLMForConditionalGeneration.forward)."""
-    logits = model(input_ids=batch["input_ids"]).logits
+    """The original's loss, step by step as THUDM's chatglm2 ChatGLMForConditionalGeneration
+    does it: the output layer at every position in its [length, batch] layout, a contiguous
+    [batch, length] copy, an fp32 copy, a shifted contiguous copy, cross-entropy; the logits
+    are cast back to the model's dtype for the returned output before the fp32 copy is let go."""
+    hidden = model.base.model(input_ids=batch["input_ids"], past_key_values=model.past_for(
+        batch["input_ids"].shape[0], False), use_cache=False).last_hidden_state
+    logits = model.base.lm_head(hidden.transpose(0, 1))  # [length, batch, vocab]
+    logits = logits.transpose(0, 1).contiguous()
     logits = logits.to(torch.float32)
     shift = logits[..., :-1, :].contiguous()
     loss = torch.nn.functional.cross_entropy(shift.view(-1, shift.size(-1)), batch["labels"][..., 1:].reshape(-1))
+    logits = logits.to(hidden.dtype)  # noqa: F841  (kept until the forward returns, as the original's output)
     return loss
+
+
+def _attention(s: RunSettings):
+    """Our runs: whichever attention kernel torch picks. The original's: the explicit (math)
+    attention, which torch 2.0 ran on a V100 when given a mask (the prefix's), as there."""
+    if s.pattern != "original":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def simulate_training(config, s: RunSettings, checkpointing: bool) -> dict:
@@ -221,8 +273,9 @@ def simulate_training(config, s: RunSettings, checkpointing: bool) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     batch = _training_rows(s, config.vocab_size)
+    model = _meta_model(config, s, training=True)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        model = _fake_model(config, s, training=True)
+        _as_fake(model)
         if checkpointing:
             model.gradient_checkpointing_enable()
         model.train()
@@ -233,9 +286,10 @@ def simulate_training(config, s: RunSettings, checkpointing: bool) -> dict:
         def step():
             cast = (torch.autocast("cpu", dtype=getattr(torch, s.autocast)) if s.autocast
                     else contextlib.nullcontext())
-            with cast:
-                loss = _original_loss(model, batch) if s.pattern == "original" else model(**batch).loss
-            loss.backward()
+            with _attention(s):  # (the backward's recompute runs the same kernels)
+                with cast:
+                    loss = _original_loss(model, batch) if s.pattern == "original" else model(**batch).loss
+                loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
@@ -244,6 +298,7 @@ def simulate_training(config, s: RunSettings, checkpointing: bool) -> dict:
             step()
         peak = peak_by_kind(tracker)
     peak["trainable_parameters"] = trainable
+    peak["reserved"] = replay(tracker.events).reserved
     return peak
 
 
@@ -257,8 +312,9 @@ def simulate_prediction(config, s: RunSettings) -> dict:
     new = s.eval_new_tokens or s.target
     ids = torch.full((s.eval_batch, s.source), 5, dtype=torch.long)
     mask = torch.ones_like(ids)
+    model = _meta_model(config, s, training=False)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        model = _fake_model(config, s, training=False)
+        _as_fake(model)
         model.eval().requires_grad_(False)
 
         def run(tracker):
@@ -281,6 +337,7 @@ def simulate_prediction(config, s: RunSettings) -> dict:
             cache_bytes = run(tracker)
         peak = peak_by_kind(tracker)
     peak["generation_cache"] = cache_bytes
+    peak["reserved"] = replay(tracker.events).reserved
     return peak
 
 
@@ -306,6 +363,7 @@ def estimate(model: str, s: RunSettings, device: str = "cuda", both_checkpointin
     weights = peak.get("Parameter", 0) - trainable + peak.get("Buffer", 0)
     train_state = trainable + peak.get("Gradient", 0) + peak.get("Optstate", 0)
     acts, temp = peak.get("Activation", 0), peak.get("Temp", 0)
+    unsharded = weights + train_state
     note = ""
     n = max(1, s.num_gpus)
     if s.sharding in ("fsdp", "zero3") and n > 1:
@@ -325,7 +383,10 @@ def estimate(model: str, s: RunSettings, device: str = "cuda", both_checkpointin
     return MemoryEstimate(
         weights=weights, trainable=train_state, activations=acts, workspace=temp, logits=logits_bytes(config, s),
         activations_with_checkpointing=both(on), activations_without_checkpointing=both(off),
-        prediction_peak=pred.get("Total", 0), generation_cache=pred["generation_cache"], sharding_note=note,
+        prediction_peak=pred.get("Total", 0), generation_cache=pred["generation_cache"],
+        # (sharding and DDP buckets change the model states by the same bytes in the reserve)
+        reserved=max(peak["reserved"] + weights + train_state - unsharded, pred["reserved"]),
+        sharding_note=note,
         context=CUDA_CONTEXT_BYTES if device == "cuda" else 0)
 
 
@@ -341,9 +402,10 @@ def format_estimate(e: MemoryEstimate, s: RunSettings) -> str:
             ("  activations + workspace, checkpointing off", e.activations_without_checkpointing),
             (f"prediction peak (batch {s.eval_batch})", e.prediction_peak),
             ("  of which the generation cache", e.generation_cache)]
+    rows.append(("live tensors at the peak", e.tensor_peak))
     if e.context:
-        rows.append(("CUDA context (not tensors)", e.context))
-    rows.append(("total", e.total))
+        rows += [("reserved by CUDA's caching allocator", e.reserved), ("CUDA context (not tensors)", e.context),
+                 ("total, as nvidia-smi shows it", e.total)]
     head = (f"memory estimate per device: {what}, batch {s.batch} x {s.row_length} tokens, {s.dtype}{quant}, "
             f"checkpointing {'on' if s.checkpointing else 'off'}"
             f"{', the original work pattern' if s.pattern == 'original' else ''}")
@@ -398,11 +460,11 @@ def zero_stage(deepspeed) -> int | None:
     return (config.get("zero_optimization") or {}).get("stage")
 
 
-def check_before_training(model_args, data_args, training_args, log) -> MemoryEstimate | None:
+def check_before_training(model_args, data_args, training_args, log, device: str | None = None) -> MemoryEstimate | None:
     """main.py, before loading the model: log the estimate; on CUDA, stop with one line when it
     exceeds the device's free memory (--skip_memory_check to try anyway)."""
-    s = settings_from_args(model_args, data_args, training_args)
-    device = training_args.device.type
+    device = device or training_args.device.type
+    s = settings_from_args(model_args, data_args, training_args, device=device)
     try:
         e = estimate(model_args.model_name_or_path, s, device=device, both_checkpointing=False)
     except Exception as exc:  # an estimate that cannot be made never stops a run
@@ -411,8 +473,10 @@ def check_before_training(model_args, data_args, training_args, log) -> MemoryEs
     if training_args.process_index == 0:
         log(format_estimate(e, s))
     if device == "cuda" and not model_args.skip_memory_check:
-        free, total = torch.cuda.mem_get_info(training_args.device)
-        need = max(e.training_peak, e.prediction_peak)  # the context is already taken from `free`
+        free, total = torch.cuda.mem_get_info()
+        # Live tensors, not the reserve: the allocator frees its cache and retries before it fails.
+        # The context is already taken from `free`.
+        need = e.tensor_peak
         if need > free:
             raise ValueError(
                 f"this run needs about {need / GIB:.1f} GiB per GPU and {torch.cuda.get_device_name()} has "
@@ -450,14 +514,17 @@ def main(argv: list[str] | None = None) -> None:
         args=rest + ["--output_dir", "/tmp/glm2-memory-unused"], return_remaining_strings=True)
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a chatglm2 folder, its config.json, or a shape name)")
+    from arguments import check_training_numbers
+
+    check_training_numbers(training_args)
     s = settings_from_args(model_args, data_args, training_args, own.num_gpus, own.device)
     s.pattern = own.pattern
     if own.sharding:
         s.sharding = own.sharding
     e = estimate(model_args.model_name_or_path, s, device=own.device)
     if own.json:
-        print(json.dumps({"settings": asdict(s), **asdict(e), "training_peak": e.training_peak, "total": e.total},
-                         indent=2))
+        print(json.dumps({"settings": asdict(s), **asdict(e), "training_peak": e.training_peak,
+                          "tensor_peak": e.tensor_peak, "total": e.total}, indent=2))
     else:
         print(format_estimate(e, s))
 
