@@ -61,6 +61,9 @@ class ModelArguments:
                                         "gate_up_proj,down_proj) or the original's (query_key_value,dense,"
                                         "dense_h_to_4h,dense_4h_to_h); default all of them."})
 
+    print_memory_estimate: bool = field(
+        default=False, metadata={"help": "Added: print the memory estimate before training on a CPU too (train.sh "
+                                         "passes it); on CUDA it is always printed and checked."})
     skip_memory_check: bool = field(
         default=False, metadata={"help": "Added: train even when the memory estimate printed before training "
                                          "(python -m glm2.memory) exceeds the GPU's free memory."})

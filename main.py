@@ -253,8 +253,10 @@ def main():
 
     trainer = None
     if training_args.do_train:
-        # The peak per device from the flags and the model's config, before the weights are read.
-        check_before_training(model_args, data_args, training_args, logger.info)
+        # The peak per device from the flags and the model's config, before the weights are read
+        # (a few seconds of simulation: on a CPU, where nothing is at stake, when asked).
+        if training_args.device.type == "cuda" or model_args.print_memory_estimate:
+            check_before_training(model_args, data_args, training_args, logger.info)
         model = load_model(model_args, training_args, for_training=True)
         trainer = train(model, tokenizer, model_args, data_args, gen_args, legacy_args, training_args)
     else:

@@ -101,6 +101,7 @@ SAMPLING=(); [ "${TASK_SAMPLING:-temperature:2}" != none ] && SAMPLING=(--task_s
     --per_device_eval_batch_size 16 \
     --predict_with_generate \
     --learning_rate "$LR" \
+    --print_memory_estimate \
     "${TUNE[@]}" \
     "${DEFAULTS[@]}" \
     "${EVAL[@]}" \

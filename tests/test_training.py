@@ -110,7 +110,7 @@ def test_the_original_command_line_runs_unchanged(tiny_model, tmp_path):
                 "--max_source_length 64 --max_target_length 128 --per_device_train_batch_size 32 "
                 "--per_device_eval_batch_size 1 --gradient_accumulation_steps 1 --predict_with_generate "
                 "--max_steps 1000 --logging_steps 10 --save_steps 200 --learning_rate 1e-2 --pre_seq_len 128").split()
-    proc = run_main(original + ["--max_steps", "2", "--save_steps", "2"])
+    proc = run_main(original + ["--max_steps", "2", "--save_steps", "2", "--print_memory_estimate"])
     # the memory check's estimate comes first, for exactly these settings
     assert "memory estimate per device: P-tuning, prefix 128, batch 32 x 193 tokens, float32" in proc.stdout
     state = json.load(open(tmp_path / "trainer_state.json"))
