@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -34,15 +35,33 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
     return str(out / "checkpoint-20")
 
 
+# A main.py run that has not ended by then is stuck (a hung rendezvous, a dead-locked worker):
+# the slowest run of the suite takes about a minute on two cores.
+RUN_TIMEOUT_S = 600
+
+
 def run_main(args, cwd=ROOT, env=None, check=True, torchrun=None):
     """Run main.py in a fresh process (as train.sh does) and return the CompletedProcess."""
     cmd = [sys.executable, "main.py", *args]
+    full_env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+                    **(env or {}))
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                f"--nproc-per-node={torchrun}", "main.py", *args]
-    full_env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
-                    **(env or {}))
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+        # gloo binds the address the host name resolves to, which on some machines is an
+        # interface the processes cannot reach each other on; loopback always works.
+        full_env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    # Its own session, so that a timeout kills torchrun's workers too, not only torchrun.
+    with subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as p:
+        try:
+            stdout, stderr = p.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            stdout, stderr = p.communicate()
+            raise AssertionError(f"main.py did not end in {RUN_TIMEOUT_S} s: {' '.join(cmd)}\n"
+                                 f"{stdout[-3000:]}\n{stderr[-5000:]}")
+    proc = subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"main.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
