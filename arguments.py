@@ -25,7 +25,7 @@ def check_range(owner, name: str, low=None, high=None, allowed=None, low_open: b
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "An original THUDM chatglm2-6b folder (config.json, weights, "
+        default=None, metadata={"help": "An original THUDM chatglm2-6b, chatglm3-6b or glm-4-9b folder (config.json, weights, "
                                         "tokenizer.model). Its .py files are never run."})
     ptuning_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint-N folder to evaluate or predict with: a P-tuning v2 "
@@ -34,6 +34,10 @@ class ModelArguments:
     config_name: Optional[str] = field(default=None, metadata={"help": "Kept for compatibility; unused."})
     tokenizer_name: Optional[str] = field(
         default=None, metadata={"help": "Folder or tokenizer.model to use instead of the model's."})
+    prompt_format: Optional[str] = field(
+        default=None, metadata={"help": "Added: the prompt around each input: `rounds` (ChatGLM2's [Round 1] 问/答), "
+                                "`roles` (ChatGLM3 and GLM-4: <|user|>… <|assistant|>) or `plain` (the text alone, "
+                                "for a base model); default: the model family's own (detected from the folder)."})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where `datasets` caches data."})
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Kept for compatibility; unused."})
     model_revision: str = field(default="main", metadata={"help": "Kept for compatibility; unused."})

@@ -39,7 +39,7 @@ if [ -z "${MODEL:-}" ]; then
   DEFAULTS=(--max_source_length 128 --max_target_length 96)
 else
   case "$METHOD" in lora) LR=${LR:-2e-4} ;; full) LR=${LR:-1e-4} ;; *) LR=${LR:-2e-2} ;; esac
-  CHECKPOINT=${CHECKPOINT:-promptcblue-chatglm2-6b-$TAG-$LR}
+  CHECKPOINT=${CHECKPOINT:-promptcblue-$(basename "$MODEL")-$TAG-$LR}
   BATCH=${BATCH:-16}
   DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196})
 fi

@@ -25,7 +25,7 @@ from glm2.checkpoint import last_complete_checkpoint
 from glm2.cli import run_cli
 from glm2.memory import check_before_training, zero_stage
 from glm2.model import ChatGLM2, base_only
-from glm2.tokenizer import ChatGLM2Tokenizer
+from glm2.tokenizer import load_tokenizer
 from prediction import Predictor, peak_gpu_memory
 from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ScoreCurveCallback, ShardingReport
 
@@ -249,7 +249,8 @@ def main():
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", legacy_args.logging_dir)
     if not any(a.startswith("--report_to") for a in sys.argv) and _tensorboard_installed():
         training_args.report_to = ["tensorboard"]  # transformers 5 reports nowhere by default
-    tokenizer = ChatGLM2Tokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.prompt_format)
+    logger.info("%s", tokenizer.describe())
 
     trainer = None
     if training_args.do_train:

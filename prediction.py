@@ -111,7 +111,7 @@ class Predictor:
             for b in range(0, len(mine), batch_size):
                 idx = mine[b:b + batch_size]
                 constraint = constraint_for(model, tok, [data.grammars[i] for i in idx]) if data.grammars else None
-                for i, ids in zip(idx, generate(model, [data.prompts[i] for i in idx], settings, tok.eos_token_id,
+                for i, ids in zip(idx, generate(model, [data.prompts[i] for i in idx], settings, tok.stop_ids,
                                                 tok.pad_token_id, constraint)):
                     log.add(i, tok.decode(ids).strip())
                 log.flush()

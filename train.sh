@@ -62,7 +62,7 @@ if [ -z "${MODEL:-}" ]; then
   echo "train.sh: no MODEL given; tuning ($METHOD) the embedded tiny ChatGLM2 in $MODEL on $DATA/train.json (CPU)."
 else
   case "$METHOD" in lora) LR=${LR:-2e-4} ;; full) LR=${LR:-1e-4} ;; *) LR=${LR:-2e-2} ;; esac
-  RUN=${RUN:-promptcblue-chatglm2-6b-$TAG-$LR}
+  RUN=${RUN:-promptcblue-$(basename "$MODEL")-$TAG-$LR}
   SAVE_STEPS=${SAVE_STEPS:-1000}
   DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196}
             --per_device_train_batch_size ${BATCH_SIZE:-1} --gradient_accumulation_steps ${GRAD_ACCUM:-16}

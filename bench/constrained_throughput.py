@@ -38,10 +38,10 @@ def main():
     from glm2.constraint import engine_for
     from glm2.generation import GenerationSettings, constraint_for, generate
     from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLM2Tokenizer
+    from glm2.tokenizer import ChatGLMTokenizer
 
     model_dir = args.model or default_model()
-    tok = ChatGLM2Tokenizer.from_pretrained(model_dir)
+    tok = ChatGLMTokenizer.from_pretrained(model_dir)
     path = args.data or data_file("test_inputs.json", "test.json")
     records = read_jsonl(path, args.samples)
     version = detect_version(r["task_dataset"] for r in records)

@@ -157,10 +157,10 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--records", type=int, default=40)
     args = ap.parse_args()
-    from glm2.tokenizer import ChatGLM2Tokenizer
+    from glm2.tokenizer import ChatGLMTokenizer
 
     model_dir = args.model or default_model()
-    tok = ChatGLM2Tokenizer.from_pretrained(model_dir)
+    tok = ChatGLMTokenizer.from_pretrained(model_dir)
     data = read_jsonl(data_file("train.json", "train.json"))
     ctc = [r for r in data if r["task_dataset"] == "CHIP-CTC"][:args.records]
     ner = [r for r in data if r["task_dataset"] == "CMeEE-V2"][:args.records]

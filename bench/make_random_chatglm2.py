@@ -54,14 +54,14 @@ def write(out: str, shape: str, dtype=torch.float16, layers_per_shard: int = 4, 
           tokenizer_data: str | None = None, vocab: int = 2000) -> str:
     from glm2.convert import chatglm_config_from_glm, glm_config_from_chatglm
     from glm2.tiny import train_tokenizer
-    from glm2.tokenizer import ChatGLM2Tokenizer
+    from glm2.tokenizer import ChatGLMTokenizer
 
     s = SHAPES[shape]
     os.makedirs(out, exist_ok=True)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     train_tokenizer(tokenizer_data or os.path.join(root, "PromptCBLUE", "train.json"),
                     os.path.join(out, "tokenizer.model"), vocab_size=vocab)
-    ChatGLM2Tokenizer(os.path.join(out, "tokenizer.model")).save_pretrained(out)
+    ChatGLMTokenizer(os.path.join(out, "tokenizer.model")).save_pretrained(out)
     raw = dict(model_type="chatglm", multi_query_attention=True, layernorm_epsilon=1e-5, seq_length=32768,
                eos_token_id=2, pad_token_id=0, **s)
     config = chatglm_config_from_glm(glm_config_from_chatglm(raw), str(dtype).replace("torch.", ""))

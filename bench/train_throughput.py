@@ -34,11 +34,11 @@ def main():
 
     from cblue.features import train_features
     from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLM2Tokenizer
+    from glm2.tokenizer import ChatGLMTokenizer
     from trainer_seq2seq import PadCollator
 
     model_dir = args.model or default_model()
-    tok = ChatGLM2Tokenizer.from_pretrained(model_dir)
+    tok = ChatGLMTokenizer.from_pretrained(model_dir)
     records = read_jsonl(data_file("train.json", "train.json"), args.batch * args.steps * 2)
     feats = train_features({"input": [r["input"] for r in records], "target": [r["target"] for r in records]},
                            tok, "input", "target", None, args.source, args.target, "left")

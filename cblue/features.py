@@ -5,19 +5,21 @@ original right-truncates at `max_source_length` and so trains and predicts on pr
 question is cut off. `left` (our default) keeps the `[gMASK] sop` prefix and the last tokens
 of the prompt; `right` is the original behaviour.
 
-The tokenizer is duck-typed (`encode_prompt`, `encode_text`, `prefix_ids`, `eos_token_id`)
-so this module stays free of model code.
+The tokenizer is duck-typed (`encode_prompt`, `encode_answer`, `encode_text`, `prefix_ids`,
+`suffix_ids`, `eos_token_id`) so this module stays free of model code. Both sides keep the
+prompt's fixed ends: the prefix, and the open turn's role token (ChatGLM3, GLM-4).
 """
 from __future__ import annotations
 
 TRUNCATION_SIDES = ("left", "right")
 
 
-def truncate_prompt(ids: list[int], max_len: int, n_special: int, side: str) -> list[int]:
+def truncate_prompt(ids: list[int], max_len: int, n_special: int, side: str, n_suffix: int = 0) -> list[int]:
     if len(ids) <= max_len:
         return ids
+    suffix = ids[len(ids) - n_suffix:]
     if side == "right":
-        return ids[:max_len]
+        return ids[:max(max_len - n_suffix, 0)] + suffix
     if side == "left":
         keep = max_len - n_special
         return ids[:n_special] + (ids[-keep:] if keep > 0 else [])
@@ -27,7 +29,7 @@ def truncate_prompt(ids: list[int], max_len: int, n_special: int, side: str) -> 
 def prompt_ids(tokenizer, query: str, history, max_source_length: int, side: str) -> tuple[list[int], bool]:
     """(ids, was_truncated) of one prompt."""
     ids = tokenizer.encode_prompt(query, history)
-    out = truncate_prompt(ids, max_source_length, len(tokenizer.prefix_ids), side)
+    out = truncate_prompt(ids, max_source_length, len(tokenizer.prefix_ids), side, len(tokenizer.suffix_ids))
     return out, len(out) < len(ids)
 
 
@@ -47,7 +49,7 @@ def train_features(batch: dict, tokenizer, prompt_column: str, response_column: 
             continue
         history = batch[history_column][i] if history_column else None
         a, cut = prompt_ids(tokenizer, source_prefix + query, history, max_source_length, side)
-        b = tokenizer.encode_text(answer)
+        b = tokenizer.encode_answer(answer)
         out["target_cut"].append(len(b) > max_target_length)
         b = b[:max_target_length]
         out["input_ids"].append(a + b + [tokenizer.eos_token_id])

@@ -152,15 +152,16 @@ def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
     setattr(module, attr, tensor)
 
 
-def save_chatglm(model: GlmForCausalLM, out_dir: str, safetensors: bool = False, state_dict: dict | None = None) -> None:
-    """Write a Glm model as an original chatglm2 folder (config.json + weights). `state_dict`
+def save_chatglm(model: GlmForCausalLM, out_dir: str, safetensors: bool = False, state_dict: dict | None = None,
+                 hub_name: str = "THUDM/chatglm2-6b") -> None:
+    """Write a Glm model as an original chatglm folder (config.json + weights). `state_dict`
     (Glm names) replaces the model's own, e.g. one gathered from FSDP or DeepSpeed shards."""
     os.makedirs(out_dir, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
     original = glm_to_chatglm(state, model.config)
     dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(chatglm_config_from_glm(model.config, dtype), f, indent=2)
+        json.dump(chatglm_config_from_glm(model.config, dtype, hub_name), f, indent=2)
     if safetensors:
         from safetensors.torch import save_file
 

@@ -19,6 +19,7 @@ Two rules make a constrained answer valid by construction without changing a val
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 
@@ -77,12 +78,19 @@ class GrammarEngine:
         self._twins = torch.tensor([g + [g[0]] * (width - len(g)) for g in twins], dtype=torch.long) if twins else None
         self.token_bytes = token_bytes
         self.byte_ids = {b[0]: i for i, b in reversed(list(enumerate(token_bytes))) if len(b) == 1}
+        # What the model writes before the answer proper: ChatGLM3 and GLM-4 answer "\n" + text
+        # after <|assistant|> (their metadata line, empty), which every grammar must then allow.
+        lead = b"".join(token_bytes[i] for i in tokenizer.encode_answer("")) if hasattr(tokenizer, "encode_answer") else b""
+        self.lead = lead.decode("utf-8", "replace")
 
     def matcher(self, grammar: str):
         """A fresh matcher for `grammar`, or None (with a warning) if the grammar is invalid."""
         template = self._compiled.get(grammar)
         if template is None:
-            template = self.llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+            text = grammar
+            if self.lead:  # the lead, then the grammar's own start rule
+                text = grammar.replace("start:", "answer_body:", 1) + f"\nstart: {json.dumps(self.lead)} answer_body\n"
+            template = self.llguidance.LLMatcher(self.tokenizer, text, log_level=0)
             if template.is_error():
                 logger.warning("grammar rejected by llguidance, free text for this prompt: %s",
                                template.get_error().splitlines()[0])

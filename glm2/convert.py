@@ -121,10 +121,14 @@ def glm_to_chatglm(state: dict[str, torch.Tensor], config: GlmConfig) -> dict[st
     return out
 
 
-def chatglm_config_from_glm(config: GlmConfig, torch_dtype: str = "float32") -> dict:
-    """The original config.json for a Glm config (used to write the embedded tiny model)."""
+def chatglm_config_from_glm(config: GlmConfig, torch_dtype: str = "float32",
+                            hub_name: str = "THUDM/chatglm2-6b") -> dict:
+    """The original config.json for a Glm config (used to write the embedded tiny model and
+    full fine-tunes). A RoPE base other than 10000 is ChatGLM3-32k's and GLM-4's `rope_ratio`."""
+    ratio = config.rope_parameters["rope_theta"] / 10000.0
     return {
-        "_name_or_path": "THUDM/chatglm2-6b",
+        "_name_or_path": hub_name,
+        **({"rope_ratio": ratio} if ratio != 1.0 else {}),
         "model_type": "chatglm",
         "architectures": ["ChatGLMModel"],
         "auto_map": {

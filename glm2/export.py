@@ -27,7 +27,7 @@ import torch
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora
 from .checkpoint import run_checkpoint
 from .model import ChatGLM2, checkpoint_kind
-from .tokenizer import SPECIAL_TOKENS, ChatGLM2Tokenizer
+from .tokenizer import SPECIAL_TOKENS, ChatGLMTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def fast_tokenizer(tokenizer: ChatGLM2Tokenizer):
+def fast_tokenizer(tokenizer: ChatGLMTokenizer):
     """A PreTrainedTokenizerFast with the original's ids: the sentencepiece BPE model (byte
     fallback, identity normalisation, a dummy prefix on each piece of text) as a `tokenizers`
     BPE, as transformers converts Llama's, then the five ChatGLM2 specials after the
@@ -71,7 +71,7 @@ def fast_tokenizer(tokenizer: ChatGLM2Tokenizer):
     backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
                                         + ([decoders.Strip(" ", 1, 0)] if norm.add_dummy_prefix else []))
     # unk and control pieces (<s>, </s>) written in the text: their own ids, the whitespace
-    # around them dropped (as the original's slow tokenizer, see ChatGLM2Tokenizer.encode_text).
+    # around them dropped (as the original's slow tokenizer, see ChatGLMTokenizer.encode_text).
     control = [p.piece for p in proto.pieces if p.type in (2, 3)]
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=True, rstrip=True)
                                 for t in control])
@@ -111,7 +111,7 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
         checkpoint = run_checkpoint(checkpoint) or checkpoint
     kind = checkpoint_kind(checkpoint) if checkpoint else None
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
-    tokenizer = ChatGLM2Tokenizer.from_pretrained(model_dir)
+    tokenizer = ChatGLMTokenizer.from_pretrained(model_dir)
     base = model.base
     note = None
     if kind == "prefix":

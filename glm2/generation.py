@@ -95,9 +95,15 @@ def constraint_for(model: ChatGLM2, tokenizer, grammars) -> BatchConstraint | No
     return BatchConstraint.build(tokenizer, model.base.config.vocab_size, grammars)
 
 
-def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id: int,
+def _stops(eos_token_id) -> frozenset:
+    """The ids generation ends at: one eos, or the family's set (the tokenizer's stop_ids)."""
+    return frozenset([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
+
+
+def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
              pad_token_id: int, constraint: BatchConstraint | None = None) -> list[list[int]]:
-    """New token ids for each prompt, without the eos that ended it."""
+    """New token ids for each prompt, without the stop token that ended it. `eos_token_id`: one
+    id or several (ChatGLM3 and GLM-4 chats also stop at the next turn's role token)."""
     results: list[list[int]] = [[] for _ in prompts]
     for step in stream_tokens(model, prompts, settings, eos_token_id, pad_token_id, constraint):
         for row, token in step:
@@ -106,7 +112,7 @@ def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSett
 
 
 @torch.inference_mode()
-def stream_tokens(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id: int,
+def stream_tokens(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
                   pad_token_id: int, constraint: BatchConstraint | None = None) -> Iterator[list[tuple[int, int]]]:
     """Generation as it happens: per step, (prompt index, new token) for every row still
     generating. The prefix in use is the one the model holds at the first step (the prompt
@@ -134,7 +140,7 @@ def stream_text(model: ChatGLM2, tokenizer, prompts: list[list[int]], settings: 
     tokens: list[list[int]] = [[] for _ in prompts]
     shown = [""] * len(prompts)
     constraint = constraint_for(model, tokenizer, grammars)
-    for step in stream_tokens(model, prompts, settings, tokenizer.eos_token_id, tokenizer.pad_token_id, constraint):
+    for step in stream_tokens(model, prompts, settings, tokenizer.stop_ids, tokenizer.pad_token_id, constraint):
         for row, token in step:
             tokens[row].append(token)
             text = tokenizer.decode(tokens[row]).lstrip()
@@ -145,6 +151,7 @@ def stream_text(model: ChatGLM2, tokenizer, prompts: list[list[int]], settings: 
 
 
 def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint=None):
+    stops = _stops(eos_token_id)
     ids, mask = left_pad(prompts, pad_token_id, model.device)
     stepper = _Stepper(model, ids, mask, settings.max_new_tokens, settings.compiled)
     procs = settings.processors()
@@ -166,7 +173,7 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constrai
             if redo:
                 tokens = constraint.mask_(scores, active, only=redo).argmax(dim=-1)
                 chosen = tokens.tolist()
-        ended = [t == eos_token_id for t in chosen]
+        ended = [t in stops for t in chosen]
         if constraint is None:
             yield [(row, token) for row, token, done in zip(active, chosen, ended) if not done]
         else:
@@ -187,11 +194,12 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constrai
         logits = stepper.step(tokens)
 
 
-def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSettings, eos_token_id: int,
+def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSettings, eos_token_id,
                  constraint: BatchConstraint | None = None) -> list[int]:
     """Beam search for one prompt (length-normalised log-probability, like transformers').
     `constraint`: one row per beam; a beam cut off by the budget ends at its last point the
     grammar accepts."""
+    stops = _stops(eos_token_id)
     k = settings.num_beams
     ids, mask = left_pad([prompt] * k, 0, model.device)
     stepper = _Stepper(model, ids, mask, settings.max_new_tokens)
@@ -215,7 +223,7 @@ def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSetting
             if s == float("-inf"):  # the rest are forbidden too (a grammar leaves fewer than 2k candidates)
                 break
             b, t = divmod(idx, vocab)
-            if t == eos_token_id:
+            if t in stops:
                 done.append((s / (len(beams[b]) + 1), beams[b]))
             else:
                 keep_beam.append(b), keep_tok.append(t), keep_score.append(s)

@@ -182,7 +182,8 @@ class ChatGLM2(nn.Module):
         if state_dict is not None:
             base_state = {k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}
         save_chatglm(self.base, ckpt_dir, state_dict=base_state)
-        for name in ("tokenizer.model", "tokenizer_config.json"):
+        # The tokenizer files, which tell the family (glm2/family.py) of the folder written.
+        for name in ("tokenizer.model", "tokenizer_config.json", "generation_config.json", "tokenization_chatglm.py"):
             if self.model_dir and os.path.exists(os.path.join(self.model_dir, name)):
                 shutil.copyfile(os.path.join(self.model_dir, name), os.path.join(ckpt_dir, name))
 

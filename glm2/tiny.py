@@ -93,6 +93,33 @@ def train_tokenizer(files: str | list[str], model_path: str, vocab_size: int = 2
         f.write(buf.getvalue())
 
 
+def train_tiktoken(files: list[str], model_path: str, vocab_size: int = 3000) -> None:
+    """A GLM-4-format tokenizer.model (tiktoken's `base64 rank` lines): a byte-level BPE trained by
+    `tokenizers` with GLM-4's split pattern, its ranks the 256 bytes then the merges in order
+    (tiktoken applies the lowest-ranked pair first, as the BPE applies its earliest merge)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    from .tiktoken_tokenizer import GLM4_PATTERN, write_ranks
+
+    lines = [rec.get(k, "") for path in files for rec in _read(path) for k in ("input", "target")]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(GLM4_PATTERN), behavior="isolated"), ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    # ByteLevel writes each byte as a printable character (GPT-2's table); undo it.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    chars = printable + [256 + n for n in range(256 - len(printable))]
+    to_byte = {chr(c): b for c, b in zip(chars, printable + [b for b in range(256) if b not in printable])}
+    ranks = {bytes([b]): b for b in range(256)}
+    for merge in json.loads(tok.to_str())["model"]["merges"]:
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        token = bytes(to_byte[c] for c in left + right)
+        ranks.setdefault(token, len(ranks))
+    write_ranks(ranks, model_path)
+
+
 def fit(model, next_batch, steps: int, lr: float, what: str) -> list[float]:
     """AdamW with warm-up and cosine decay (to a tenth) over `steps` batches of next_batch(step)
     = (input_ids, labels): the loop both building stages share."""
@@ -157,32 +184,49 @@ def chat_tune(model, tokenizer, pairs: list[dict], steps: int, batch_size: int =
 
 
 def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0,
-                     chat_file: str | None = None, chat_steps: int = 0) -> str:
+                     chat_file: str | None = None, chat_steps: int = 0, family: str = "chatglm2",
+                     rope_ratio: float | None = None) -> str:
     """Build (once) and return out_dir. Built in a temporary folder and renamed when complete,
     so an interrupted build is never mistaken for a finished one. With chat_file (records of
     input = question, target = answer) the tokenizer and pre-training cover its texts too, and
-    chat_steps of the supervised chat stage follow the pre-training."""
+    chat_steps of the supervised chat stage follow the pre-training. `family` writes the folder
+    of a ChatGLM3 (role tokens, its tokenizer_config and generation_config) or GLM-4 (a tiktoken
+    tokenizer.model, its special tokens and eos set) instead; `rope_ratio` scales the RoPE base
+    as chatglm3-6b-32k's and GLM-4's config.json do."""
     recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps)
+    if family != "chatglm2" or rope_ratio:
+        recipe.update(family=family, rope_ratio=rope_ratio)
     if is_built(out_dir, recipe):
         return out_dir
     from transformers import GlmConfig, GlmForCausalLM
 
     from .checkpoint import save_chatglm
     from .convert import chatglm_config_from_glm, glm_config_from_chatglm
-    from .tokenizer import ChatGLM2Tokenizer
+    from .family import FAMILIES
+    from .tokenizer import load_tokenizer
 
+    fam = FAMILIES[family]
     tmp = out_dir.rstrip("/") + ".building"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    train_tokenizer([train_file] + ([chat_file] if chat_file else []), os.path.join(tmp, "tokenizer.model"))
-    tok = ChatGLM2Tokenizer(os.path.join(tmp, "tokenizer.model"))
+    texts_files = [train_file] + ([chat_file] if chat_file else [])
+    if fam.tokenizer_format == "tiktoken":
+        train_tiktoken(texts_files, os.path.join(tmp, "tokenizer.model"))
+    else:
+        train_tokenizer(texts_files, os.path.join(tmp, "tokenizer.model"))
+    tok = load_tokenizer(os.path.join(tmp, "tokenizer.model") if family == "chatglm2" else tmp, family=family)
     tok.save_pretrained(tmp)
     vocab = -(-len(tok) // 64) * 64  # padded_vocab_size, a multiple of 64 like chatglm2's
     shape = GlmConfig(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                       max_position_embeddings=4096, rms_norm_eps=1e-5, **TINY_SHAPE)
-    # Round-trip through the original config.json so the tiny model is exactly what a chatglm2
-    # folder of these sizes would load as.
-    config = glm_config_from_chatglm(chatglm_config_from_glm(shape))
+    # Round-trip through the original config.json so the tiny model is exactly what a folder of
+    # these sizes would load as.
+    raw = chatglm_config_from_glm(shape, hub_name=fam.hub_name)
+    if rope_ratio:
+        raw["rope_ratio"] = rope_ratio
+    if fam.pad is not None:  # GLM-4's config.json lists its whole eos set
+        raw.update(eos_token_id=list(tok.stop_ids), pad_token_id=tok.pad_token_id)
+    config = glm_config_from_chatglm(raw)
     torch.manual_seed(seed)
     model = GlmForCausalLM._from_config(config, dtype=torch.float32)
     chat = _read(chat_file) if chat_file else []
@@ -193,13 +237,16 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
         pretrain(model, tok, texts, pretrain_steps, seed=seed)
     if chat and chat_steps:
         chat_tune(model, tok, chat, chat_steps, seed=seed)
-    save_chatglm(model, tmp)
+    save_chatglm(model, tmp, hub_name=fam.hub_name)
+    if fam.stops:  # what their chat stops at, as their hub folders write it
+        with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"eos_token_id": list(tok.stop_ids), "pad_token_id": tok.pad_token_id}, f, indent=2)
     with open(os.path.join(tmp, DONE_MARKER), "w", encoding="utf-8") as f:
         json.dump(recipe, f)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     n = sum(p.numel() for p in model.parameters())
-    logger.info("Built tiny ChatGLM2 (%.1fM parameters, vocab %d) in %s", n / 1e6, vocab, out_dir)
+    logger.info("Built tiny %s (%.1fM parameters, vocab %d) in %s", family, n / 1e6, vocab, out_dir)
     return out_dir
 
 
@@ -213,9 +260,13 @@ def main():
     parser.add_argument("--chat_file", default=None,
                         help="chat pairs (input, target) for a supervised stage after pre-training: PromptCBLUE/chat.json")
     parser.add_argument("--chat_steps", type=int, default=0)
+    parser.add_argument("--family", default="chatglm2", choices=["chatglm2", "chatglm3", "glm4"],
+                        help="write the folder of this family (its tokenizer format, special tokens, eos set)")
+    parser.add_argument("--rope_ratio", type=float, default=None, help="as chatglm3-6b-32k's (50) or GLM-4's (500)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps))
+    print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps,
+                           args.family, args.rope_ratio))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""The ChatGLM2 tokenizer, rebuilt on sentencepiece alone.
+"""The ChatGLM tokenizers, rebuilt without the hub's remote code: sentencepiece (ChatGLM2,
+ChatGLM3) here, tiktoken (GLM-4) in glm2/tiktoken_tokenizer.py, the prompts of each family's
+chat in `ChatFormat`, which both share.
 
-The original hub tokenizer (tokenization_chatglm.py) subclasses the slow HF tokenizer, which
+The ChatGLM2 hub tokenizer (tokenization_chatglm.py) subclasses the slow HF tokenizer, which
 broke in transformers 4.34. Its behaviour is small enough to restate exactly:
-  * ids are the sentencepiece ids; five special tokens follow the sentencepiece vocabulary
-    in this order: [MASK], [gMASK], [sMASK], sop, eop;
+  * ids are the sentencepiece ids; the family's special tokens follow the sentencepiece
+    vocabulary in order ([MASK], [gMASK], [sMASK], sop, eop, then ChatGLM3's role tokens);
   * every encoded prompt starts with `[gMASK] sop`; a (prompt, answer) pair ends with eos;
   * pad = unk (id 0), eos is sentencepiece's eos (id 2);
-  * decoding drops the specials, pad/unk, bos and eos, then applies HF's
+  * decoding drops the specials, pad/unk, bos and eos, then (ChatGLM2 only) applies HF's
     `clean_up_tokenization_spaces` as the original predict step does.
+ChatGLM3's `build_chat_input` and GLM-4's chat template put each turn as its role token, the
+ids of "\n", then the ids of the text (each encoded on its own), and end with <|assistant|>;
+the model answers "\n" + text, and its fine-tuning scripts train on exactly that.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import re
 
 import sentencepiece as spm
 
-SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+from .family import FAMILIES, PROMPT_FORMATS, Family, detect_family
+
+SPECIAL_TOKENS = FAMILIES["chatglm2"].special_tokens
 _SPECIAL_IN_TEXT = re.compile(r"(</s>|<unk>)")
 
 
@@ -30,6 +37,49 @@ def build_prompt(query: str, history: list | None = None) -> str:
     return prompt
 
 
+class ChatFormat:
+    """Prompts and answers as the family's own chat builds them, over the backend's
+    `encode_text` (message text) and `special_ids` (token -> id)."""
+
+    family: Family
+    prompt_format: str
+    special_ids: dict
+
+    def _init_format(self, family: Family, prompt_format: str | None) -> None:
+        self.family = family
+        self.prompt_format = prompt_format or family.prompt_format
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"--prompt_format {self.prompt_format!r}; choose one of {PROMPT_FORMATS}")
+        if self.prompt_format == "roles" and "<|user|>" not in self.special_ids:
+            raise ValueError(f"--prompt_format roles needs the role tokens (<|user|>, <|assistant|>): the "
+                             f"{family.name} tokenizer has none")
+        self.prefix_ids = [self.special_ids[t] for t in family.prefix]
+        # What truncation keeps at the end: the open turn's <|assistant|>.
+        self.suffix_ids = [self.special_ids["<|assistant|>"]] if self.prompt_format == "roles" else []
+        self.stop_ids = (self.eos_token_id,) + tuple(self.special_ids[t] for t in family.stops)
+
+    def _turn(self, role: str, text: str) -> list[int]:
+        return [self.special_ids[f"<|{role}|>"]] + self.encode_text("\n") + self.encode_text(text)
+
+    def encode_prompt(self, query: str, history: list | None = None) -> list[int]:
+        """The prefix + the chat prompt (earlier (query, answer) turns, then the open one), untruncated."""
+        if self.prompt_format == "rounds":
+            return self.prefix_ids + self.encode_text(build_prompt(query, history))
+        if self.prompt_format == "plain":  # a base model's continuation: the texts alone
+            return self.prefix_ids + self.encode_text("".join(q + a for q, a in history or []) + query)
+        ids = list(self.prefix_ids)
+        for old_query, response in history or []:
+            ids += self._turn("user", old_query) + self._turn("assistant", response)
+        return ids + self._turn("user", query) + self.suffix_ids
+
+    def encode_answer(self, text: str) -> list[int]:
+        """What the model is trained to answer after the prompt (eos not included)."""
+        return self.encode_text("\n") + self.encode_text(text) if self.prompt_format == "roles" else self.encode_text(text)
+
+    def describe(self) -> str:
+        return f"{self.family.name} tokenizer, {self.prompt_format} prompts, stops at ids {list(self.stop_ids)}"
+
+
 def _clean_up_tokenization(text: str) -> str:
     # transformers' PreTrainedTokenizerBase.clean_up_tokenization, which the original's
     # batch_decode(..., clean_up_tokenization_spaces=True) applies to every prediction.
@@ -40,12 +90,13 @@ def _clean_up_tokenization(text: str) -> str:
     return text
 
 
-class ChatGLM2Tokenizer:
-    """Encodes prompts and answers exactly like THUDM's ChatGLMTokenizer (chatglm2-6b)."""
+class ChatGLMTokenizer(ChatFormat):
+    """Encodes prompts and answers exactly like THUDM's ChatGLMTokenizer (chatglm2-6b, chatglm3-6b)."""
 
     padding_side = "left"
 
-    def __init__(self, model_file: str, _digest: str | None = None):
+    def __init__(self, model_file: str, _digest: str | None = None, family: str = "chatglm2",
+                 prompt_format: str | None = None):
         if not os.path.isfile(model_file):
             raise FileNotFoundError(f"{model_file}: no sentencepiece tokenizer.model here")
         self.model_file = model_file
@@ -54,14 +105,13 @@ class ChatGLM2Tokenizer:
         self.digest = hashlib.sha1(proto).hexdigest()
         self.sp = spm.SentencePieceProcessor(model_proto=proto)
         self.n_words = self.sp.vocab_size()
-        self.special_ids = {tok: self.n_words + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        fam = FAMILIES[family]
+        self.special_ids = {tok: self.n_words + i for i, tok in enumerate(fam.special_tokens)}
         self.eos_token_id = self.sp.eos_id()
         self.bos_token_id = self.sp.bos_id()
         self.pad_token_id = self.sp.unk_id()
         self.unk_token_id = self.sp.unk_id()
-        self.gmask_id = self.special_ids["[gMASK]"]
-        self.sop_id = self.special_ids["sop"]
-        self.prefix_ids = [self.gmask_id, self.sop_id]
+        self._init_format(fam, prompt_format)
         self._fragment_sp = None  # built on first use by encode_fragment
         self._byte_fallback = None  # known on first use by can_spell
         self._skipped = set(self.special_ids.values()) | {self.eos_token_id, self.bos_token_id,
@@ -70,17 +120,14 @@ class ChatGLM2Tokenizer:
     def __reduce__(self):
         # Pickled by path plus content digest: `datasets.map(num_proc=N)` can ship it, and its
         # cache fingerprint changes when the tokenizer file does.
-        return (ChatGLM2Tokenizer, (self.model_file, self.digest))
+        return (ChatGLMTokenizer, (self.model_file, self.digest, self.family.name, self.prompt_format))
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "ChatGLM2Tokenizer":
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such folder; --model_name_or_path must be a chatglm2 folder "
-                                    "(config.json, weights, tokenizer.model)")
-        return cls(os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path)
+    def from_pretrained(cls, path: str, prompt_format: str | None = None):
+        return load_tokenizer(path, prompt_format)
 
     def __len__(self) -> int:
-        return self.n_words + len(SPECIAL_TOKENS)
+        return self.n_words + len(self.special_ids)
 
     def encode_text(self, text: str) -> list[int]:
         """Ids of plain text, no special tokens added.
@@ -89,7 +136,7 @@ class ChatGLM2Tokenizer:
         `<unk>`) become their ids, the whitespace next to them is dropped, and each piece of
         text between them is encoded on its own.
         """
-        if "</s>" not in text and "<unk>" not in text:
+        if not self.family.specials_in_text or ("</s>" not in text and "<unk>" not in text):
             return self.sp.encode(text)
         ids: list[int] = []
         parts = _SPECIAL_IN_TEXT.split(text)
@@ -105,17 +152,14 @@ class ChatGLM2Tokenizer:
                 ids.extend(self.sp.encode(part))
         return ids
 
-    def encode_prompt(self, query: str, history: list | None = None) -> list[int]:
-        """`[gMASK] sop` + ids of the chat prompt, untruncated."""
-        return self.prefix_ids + self.encode_text(build_prompt(query, history))
-
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         ids = [int(i) for i in ids]
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._skipped and 0 <= i < self.n_words]
         else:
             ids = [i for i in ids if 0 <= i < self.n_words]
-        return _clean_up_tokenization(self.sp.decode(ids))
+        text = self.sp.decode(ids)
+        return _clean_up_tokenization(text) if self.family.clean_up_spaces else text
 
     def batch_decode(self, batch, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
@@ -163,9 +207,27 @@ class ChatGLM2Tokenizer:
         os.makedirs(path, exist_ok=True)
         if os.path.abspath(self.model_file) != os.path.abspath(os.path.join(path, "tokenizer.model")):
             shutil.copyfile(self.model_file, os.path.join(path, "tokenizer.model"))
-        config = {"name_or_path": "THUDM/chatglm2-6b", "remove_space": False, "do_lower_case": False,
+        config = {"name_or_path": self.family.hub_name, "remove_space": False, "do_lower_case": False,
                   "tokenizer_class": "ChatGLMTokenizer",
                   "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]}}
+        if self.family.name != "chatglm2":  # ChatGLM3's tokenizer takes it (and is known by it, family.py)
+            config.update(encode_special_tokens=False, clean_up_tokenization_spaces=False, padding_side="left")
         with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
             json.dump(config, f, indent=2)
 
+
+
+def load_tokenizer(path: str, prompt_format: str | None = None, family: str | None = None):
+    """The tokenizer of a THUDM folder (its family detected from the files, or `family`), or of
+    a sentencepiece tokenizer.model file (ChatGLM2)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such folder; --model_name_or_path must be a chatglm2-6b, chatglm3-6b "
+                                "or glm-4-9b folder (config.json, weights, tokenizer.model)")
+    if not os.path.isdir(path):
+        return ChatGLMTokenizer(path, family=family or "chatglm2", prompt_format=prompt_format)
+    fam = FAMILIES[family] if family else detect_family(path)[0]
+    if fam.tokenizer_format == "tiktoken":
+        from .tiktoken_tokenizer import TiktokenTokenizer
+
+        return TiktokenTokenizer(path, fam.name, prompt_format)
+    return ChatGLMTokenizer(os.path.join(path, "tokenizer.model"), family=fam.name, prompt_format=prompt_format)

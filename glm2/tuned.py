@@ -10,7 +10,7 @@ from transformers.hf_argparser import string_to_bool  # what main.py's flags acc
 
 from .checkpoint import is_complete_checkpoint, run_checkpoint
 from .model import ChatGLM2, checkpoint_kind
-from .tokenizer import ChatGLM2Tokenizer
+from .tokenizer import ChatGLMTokenizer
 
 EMBEDDED_MODEL = "output/tiny-chatglm2"
 
@@ -41,7 +41,7 @@ def newest_checkpoint(model_dir: str, output_root: str = "output") -> str | None
 
 
 def load_tuned(model_dir: str, checkpoint: str | None,
-               quantization_bit: int | None = None) -> tuple[ChatGLM2, ChatGLM2Tokenizer, str]:
+               quantization_bit: int | None = None) -> tuple[ChatGLM2, ChatGLMTokenizer, str]:
     """(model with the checkpoint's prefix or LoRA adapter, tokenizer, checkpoint path), fp16 on
     CUDA, fp32 on a CPU. `checkpoint` may be a run's output folder: its best checkpoint when the
     run recorded one, else its newest complete one."""
@@ -61,4 +61,4 @@ def load_tuned(model_dir: str, checkpoint: str | None,
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint, device=device,
                                      dtype=torch.float16 if device == "cuda" else torch.float32,
                                      quantization_bit=quantization_bit)
-    return model, ChatGLM2Tokenizer.from_pretrained(model_dir), checkpoint
+    return model, ChatGLMTokenizer.from_pretrained(model_dir), checkpoint

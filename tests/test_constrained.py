@@ -19,7 +19,7 @@ from conftest import GOLDEN, ROOT, SHARED_DATA, needs_golden
 from glm2.constraint import engine_for
 from glm2.generation import GenerationSettings, constraint_for, generate, stream_text
 from glm2.model import ChatGLM2
-from glm2.tokenizer import ChatGLM2Tokenizer
+from glm2.tokenizer import ChatGLMTokenizer
 
 MODEL = os.path.join(GOLDEN, "model")
 
@@ -53,7 +53,7 @@ def shared_file(name):
 def tok():
     if not os.path.isdir(MODEL):
         pytest.skip("../shared/golden not present")
-    return ChatGLM2Tokenizer.from_pretrained(MODEL)
+    return ChatGLMTokenizer.from_pretrained(MODEL)
 
 
 @pytest.fixture(scope="module")

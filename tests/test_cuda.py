@@ -9,7 +9,7 @@ import torch
 
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2
-from glm2.tokenizer import ChatGLM2Tokenizer
+from glm2.tokenizer import ChatGLMTokenizer
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda,
@@ -45,7 +45,7 @@ def _step_batch(tok, device):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ptuning_steps_in_half_with_checkpointing(tiny_model, dtype):
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     model = _tuning(tiny_model, dtype)
     opt = torch.optim.AdamW(model.prefix_encoder.parameters(), lr=5e-2)
     ids, labels = _step_batch(tok, DEVICE)
@@ -66,7 +66,7 @@ def test_ptuning_steps_in_half_with_checkpointing(tiny_model, dtype):
 def test_memory_does_not_grow_from_step_to_step(tiny_model):
     if DEVICE == "cpu":
         pytest.skip("device memory is a GPU measure")
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     model = _tuning(tiny_model)
     opt = torch.optim.AdamW(model.prefix_encoder.parameters(), lr=1e-2)
     ids, labels = _step_batch(tok, DEVICE)
@@ -81,7 +81,7 @@ def test_memory_does_not_grow_from_step_to_step(tiny_model):
 
 
 def test_generation_is_equal_across_batch_sizes_and_compiled(tiny_model):
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     model = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=16, device=DEVICE, seed=0)
     prompts = _rows(tok, 12, seed=1)
     settings = GenerationSettings(max_new_tokens=24)
@@ -95,7 +95,7 @@ def test_generation_is_equal_across_batch_sizes_and_compiled(tiny_model):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_layers_on_the_device(tiny_model, bits):
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     model = _tuning(tiny_model, quantization_bit=bits)
     model.eval()
     layer = model.base.model.layers[0].mlp.down_proj

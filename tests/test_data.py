@@ -7,7 +7,7 @@ import pytest
 from cblue.features import prompt_ids, train_features
 from cblue.records import RecordError, read_records
 from conftest import ROOT, run_main
-from glm2.tokenizer import ChatGLM2Tokenizer
+from glm2.tokenizer import ChatGLMTokenizer
 
 
 def write(path, lines):
@@ -60,7 +60,7 @@ def test_main_reports_bad_input_and_stops(tiny_model, tmp_path):
 
 
 def test_empty_targets_are_skipped_and_counted(tiny_model):
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     batch = {"input": ["甲", "乙", "丙"], "target": ["一", "", "三"]}
     out = train_features(batch, tok, "input", "target", None, 64, 16, "left")
     assert len(out["input_ids"]) == 2
@@ -72,7 +72,7 @@ def test_empty_targets_are_skipped_and_counted(tiny_model):
 
 
 def test_left_truncation_keeps_the_question(tiny_model):
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     with open(os.path.join(ROOT, "PromptCBLUE", "train.json"), encoding="utf-8") as f:
         rec = next(r for r in map(json.loads, f) if r["task_dataset"] == "CHIP-CTC")
     full = tok.encode_prompt(rec["input"])
@@ -84,7 +84,7 @@ def test_left_truncation_keeps_the_question(tiny_model):
 
 
 def test_history_rounds_come_first(tiny_model):
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     ids = tok.encode_prompt("再问", [["先问", "先答"]])
     assert tok.decode(ids) == "[Round 1]\n\n问：先问\n\n答：先答\n\n[Round 2]\n\n问：再问\n\n答："
 
@@ -92,14 +92,14 @@ def test_history_rounds_come_first(tiny_model):
 def test_special_tokens_written_in_text_are_split_out(tiny_model):
     """The original (slow HF tokenizer) maps a literal `</s>`/`<unk>` to its id and encodes the
     text around it separately, whitespace next to it dropped."""
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     assert tok.encode_text("头痛 </s> 发热") == tok.encode_text("头痛") + [tok.eos_token_id] + tok.encode_text("发热")
     assert tok.encode_text("<unk>") == [tok.unk_token_id]
 
 
 def test_targets_longer_than_max_target_length_are_counted(tiny_model):
     """A cut target ends in eos mid-answer, which the model then learns: main.py warns with this count."""
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     batch = {"input": ["问题一", "问题二"], "target": ["短", "很长的答案" * 20]}
     out = train_features(batch, tok, "input", "target", None, 64, 8, "left")
     assert out["target_cut"] == [False, True]

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, run_main
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2
-from glm2.tokenizer import ChatGLM2Tokenizer
+from glm2.tokenizer import ChatGLMTokenizer
 
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 TEST = os.path.join(ROOT, "PromptCBLUE", "test.json")
@@ -29,7 +29,7 @@ def read_lines(path):
 
 
 def test_batch_16_equals_batch_1(tiny_model, tiny_checkpoint):
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
     m.load_prefix(tiny_checkpoint)
     prompts = [tok.encode_prompt(r["input"])[-100:] for r in read_lines(DEV)[:32]]
@@ -43,7 +43,7 @@ def test_batch_16_equals_batch_1(tiny_model, tiny_checkpoint):
 
 
 def test_sampling_is_reproducible_and_beams_run(tiny_model, tiny_checkpoint):
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
     m.load_prefix(tiny_checkpoint)
     prompts = [tok.encode_prompt(r["input"])[-100:] for r in read_lines(DEV)[:4]]

@@ -49,10 +49,10 @@ def fresh_process(folder, prompts, adapter=""):
 def ours(model_dir, checkpoint, prompts):
     from glm2.generation import GenerationSettings, generate
     from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLM2Tokenizer
+    from glm2.tokenizer import ChatGLMTokenizer
 
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint).eval()
-    tok = ChatGLM2Tokenizer.from_pretrained(model_dir)
+    tok = ChatGLMTokenizer.from_pretrained(model_dir)
     out = {"ids": [], "logits": [], "greedy": [], "texts": []}
     for p in prompts:
         ids = tok.encode_prompt(p)

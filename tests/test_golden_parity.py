@@ -9,7 +9,7 @@ import torch
 from conftest import GOLDEN, needs_golden
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2
-from glm2.tokenizer import ChatGLM2Tokenizer
+from glm2.tokenizer import ChatGLMTokenizer
 
 pytestmark = needs_golden
 MODEL = os.path.join(GOLDEN, "model")
@@ -47,7 +47,7 @@ def tuned():
 def test_tokenizer_ids_match_original(ref, dev_records):
     from cblue.features import prompt_ids
 
-    tok = ChatGLM2Tokenizer.from_pretrained(MODEL)
+    tok = ChatGLMTokenizer.from_pretrained(MODEL)
     d = ref["dev_base"]
     assert [tok.special_ids[t] for t in ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")] == [4091, 4092, 4093, 4094, 4095]
     assert (tok.pad_token_id, tok.eos_token_id) == (0, 2)
@@ -59,7 +59,7 @@ def test_tokenizer_ids_match_original(ref, dev_records):
 
 
 def test_decoding_matches_original_predictions(ref):
-    tok = ChatGLM2Tokenizer.from_pretrained(MODEL)
+    tok = ChatGLMTokenizer.from_pretrained(MODEL)
     with open(os.path.join(GOLDEN, "reference", "generated_predictions_base.txt"), encoding="utf-8") as f:
         original = [json.loads(line) for line in f]
     gens = ragged(ref["dev_base"], "gen_ids")

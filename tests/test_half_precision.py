@@ -16,7 +16,7 @@ from conftest import GOLDEN, ROOT, needs_golden, run_main
 from glm2.generation import GenerationSettings, generate
 from glm2.model import ChatGLM2
 from glm2.prefix import CHECKPOINT_PREFIX
-from glm2.tokenizer import ChatGLM2Tokenizer
+from glm2.tokenizer import ChatGLMTokenizer
 
 pytestmark = needs_golden
 MODEL = os.path.join(GOLDEN, "model")
@@ -25,7 +25,7 @@ HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def golden_prompts(n=32):
-    tok = ChatGLM2Tokenizer.from_pretrained(MODEL)
+    tok = ChatGLMTokenizer.from_pretrained(MODEL)
     with open(os.path.join(GOLDEN, "data", "dev.json"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f][:n]
     return tok, [prompt_ids(tok, r["input"], None, 128, "left")[0] for r in records]

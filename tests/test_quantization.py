@@ -53,9 +53,9 @@ def logits_error(model_dir, bits, prompts):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_logits_stay_near_fp32(tiny_model, bits):
-    from glm2.tokenizer import ChatGLM2Tokenizer
+    from glm2.tokenizer import ChatGLMTokenizer
 
-    tok = ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     with open(os.path.join(ROOT, "PromptCBLUE", "dev.json"), encoding="utf-8") as f:
         prompts = [tok.encode_prompt(json.loads(l)["input"])[-96:] for l in list(f)[:8]]
     rel, agree = logits_error(tiny_model, bits, prompts)

@@ -13,10 +13,10 @@ DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 @pytest.fixture(scope="module")
 def loaded(tiny_model, tiny_checkpoint):
     from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLM2Tokenizer
+    from glm2.tokenizer import ChatGLMTokenizer
 
     model = ChatGLM2.from_pretrained(tiny_model, ptuning_checkpoint=tiny_checkpoint)
-    return model, ChatGLM2Tokenizer.from_pretrained(tiny_model)
+    return model, ChatGLMTokenizer.from_pretrained(tiny_model)
 
 
 def _prompts(tok, n):

@@ -79,10 +79,10 @@ def _expected_answers(model_dir, checkpoint, record):
     from cblue.features import prompt_ids
     from glm2.generation import GenerationSettings, constraint_for, generate
     from glm2.model import ChatGLM2, base_only
-    from glm2.tokenizer import ChatGLM2Tokenizer
+    from glm2.tokenizer import ChatGLMTokenizer
 
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
-    tok = ChatGLM2Tokenizer.from_pretrained(model_dir)
+    tok = ChatGLMTokenizer.from_pretrained(model_dir)
     ids = prompt_ids(tok, record["input"], None, 700, "left")[0]
     settings = GenerationSettings(max_new_tokens=128)
     grammar = grammar_for_prompt(record["input"], record, can_spell=tok.can_spell)
