@@ -1,4 +1,4 @@
-"""Export a chatglm2 folder (optionally with a LoRA adapter merged in, or a full fine-tune) as a
+"""Export a ChatGLM2, ChatGLM3 or GLM-4 folder (optionally with a LoRA adapter merged in, or a full fine-tune) as a
 transformers-native folder that AutoModelForCausalLM, AutoTokenizer and vLLM load with no
 remote code: the layout of THUDM's glm-4-9b-chat-hf.
 
@@ -7,7 +7,7 @@ remote code: the layout of THUDM's glm-4-9b-chat-hf.
         --checkpoint output/tiny-chatglm2-lora-8-2e-3/checkpoint-1600 --output_dir out/tuned-hf
 
 Writes `config.json` (model_type glm), sharded `model*.safetensors`, `generation_config.json`,
-and a fast tokenizer (`tokenizer.json`, `tokenizer_config.json` with the ChatGLM2 chat template)
+and a fast tokenizer (`tokenizer.json`, `tokenizer_config.json` with the family's chat template)
 giving exactly the original tokenizer's ids and prompt. A LoRA adapter is merged unless
 `--no_merge`, which writes the base and puts the adapter under `adapter/` for
 `PeftModel.from_pretrained`. A P-tuning prefix is not weights a model file can hold: export says
@@ -27,13 +27,13 @@ import torch
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora
 from .checkpoint import run_checkpoint
 from .model import ChatGLM2, checkpoint_kind
-from .tokenizer import SPECIAL_TOKENS, ChatGLMTokenizer
+from .tokenizer import ChatGLMTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 # ChatGLM2's prompt (glm2/tokenizer.build_prompt) as a chat template: `[gMASK]sop`, then each
 # exchange as `[Round i]\n\n问：…\n\n答：…\n\n`, the last one open.
-CHAT_TEMPLATE = (
+ROUNDS_TEMPLATE = (
     "[gMASK]sop"
     "{% set ns = namespace(round=0) %}"
     "{% for message in messages %}"
@@ -44,11 +44,58 @@ CHAT_TEMPLATE = (
 )
 
 
+def roles_template(prefix: str, separator: str) -> str:
+    """ChatGLM3's build_chat_input / GLM-4's template: `<|role|>` + "\n" + text per message, then
+    `<|assistant|>`. The hub encodes "\n" and the text apart; a fast tokenizer encodes the span
+    between two special tokens at once, so for sentencepiece the text gets its own dummy-prefix
+    space back from `separator` ("\n " -> ▁ \n ▁text, as the hub's two encodes)."""
+    literal = separator.replace("\n", "\\n")  # inside a Jinja string
+    return (prefix + "{% for message in messages %}<|{{ message['role'] }}|>{{ '" + literal + "' }}"
+            "{{ message['content'] }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def chat_template(tokenizer) -> str:
+    if tokenizer.prompt_format == "rounds":
+        return ROUNDS_TEMPLATE
+    if tokenizer.prompt_format != "roles":
+        raise ValueError(f"--prompt_format {tokenizer.prompt_format}: no chat template to export for it")
+    sentencepiece = tokenizer.family.tokenizer_format == "sentencepiece"
+    return roles_template("".join(tokenizer.family.prefix), "\n " if sentencepiece else "\n")
+
+
+def tiktoken_fast_tokenizer(tokenizer):
+    """GLM-4's tiktoken BPE as a `tokenizers` BPE (transformers' TikTokenConverter, the same split
+    pattern), its special tokens after the ranks with the hub's ids."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from .tiktoken_tokenizer import GLM4_PATTERN
+
+    backend = TikTokenConverter(vocab_file=tokenizer.model_file, pattern=GLM4_PATTERN).converted()
+    specials = [t for t, _ in sorted(tokenizer.special_ids.items(), key=lambda kv: kv[1])]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    _check_ids(backend, tokenizer)
+    eos = tokenizer.family.eos
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, pad_token=tokenizer.family.pad,
+                                   additional_special_tokens=specials, padding_side="left",
+                                   chat_template=chat_template(tokenizer), model_max_length=1 << 30,
+                                   clean_up_tokenization_spaces=False)
+
+
+def _check_ids(backend, tokenizer) -> None:
+    for token, expected in tokenizer.special_ids.items():
+        if backend.token_to_id(token) != expected:
+            raise ValueError(f"{token} would get id {backend.token_to_id(token)}, the original has {expected}")
+
+
 def fast_tokenizer(tokenizer: ChatGLMTokenizer):
     """A PreTrainedTokenizerFast with the original's ids: the sentencepiece BPE model (byte
     fallback, identity normalisation, a dummy prefix on each piece of text) as a `tokenizers`
-    BPE, as transformers converts Llama's, then the five ChatGLM2 specials after the
-    sentencepiece vocabulary ([MASK] [gMASK] [sMASK] sop eop, in that order)."""
+    BPE, as transformers converts Llama's, then the family's specials after the sentencepiece
+    vocabulary ([MASK] [gMASK] [sMASK] sop eop, and ChatGLM3's role tokens, in that order)."""
+    if tokenizer.family.tokenizer_format == "tiktoken":
+        return tiktoken_fast_tokenizer(tokenizer)
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
@@ -76,28 +123,28 @@ def fast_tokenizer(tokenizer: ChatGLMTokenizer):
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=True, rstrip=True)
                                 for t in control])
     # single_word: `sop`/`eop` only as tokens of their own, never inside a word of the text.
+    specials = list(tokenizer.family.special_tokens)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False, single_word=t in ("sop", "eop"))
-                                for t in SPECIAL_TOKENS])
-    for token, expected in tokenizer.special_ids.items():
-        if backend.token_to_id(token) != expected:
-            raise ValueError(f"{token} would get id {backend.token_to_id(token)}, the original has {expected}")
+                                for t in specials])
+    _check_ids(backend, tokenizer)
+    # ChatGLM2 decodes with HF's clean_up_tokenization (" ?" -> "?", ...); transformers 5 skips it
+    # for BPE unless told, and then the decoded answers would differ. ChatGLM3 does not.
+    clean = tokenizer.family.clean_up_spaces
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", eos_token="</s>", pad_token="<unk>",
-        additional_special_tokens=list(SPECIAL_TOKENS), padding_side="left", chat_template=CHAT_TEMPLATE,
-        model_max_length=1 << 30,
-        # The original decodes with HF's clean_up_tokenization (" ?" -> "?", ...); transformers 5
-        # skips it for BPE unless told, and then the decoded answers would differ.
-        clean_up_tokenization_spaces=True, clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=True)
+        additional_special_tokens=specials, padding_side="left", chat_template=chat_template(tokenizer),
+        model_max_length=1 << 30, clean_up_tokenization_spaces=clean,
+        clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=clean)
 
 
-def _portable_tokenizer_config(folder: str) -> None:
+def _portable_tokenizer_config(folder: str, tokenizer) -> None:
     """tokenizer_config.json as transformers 4.x and serving engines read it too: the generic
     fast-tokenizer class and the chat template inside (transformers 5 also reads the .jinja)."""
     path = os.path.join(folder, "tokenizer_config.json")
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
-    cfg.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE,
-               additional_special_tokens=list(SPECIAL_TOKENS))
+    cfg.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=chat_template(tokenizer),
+               additional_special_tokens=[t for t, _ in sorted(tokenizer.special_ids.items(), key=lambda kv: kv[1])])
     with open(path, "w", encoding="utf-8") as f:
         json.dump(cfg, f, ensure_ascii=False, indent=2)
 
@@ -111,7 +158,7 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
         checkpoint = run_checkpoint(checkpoint) or checkpoint
     kind = checkpoint_kind(checkpoint) if checkpoint else None
     model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
-    tokenizer = ChatGLMTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     base = model.base
     note = None
     if kind == "prefix":
@@ -128,10 +175,11 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
     tmp = output_dir.rstrip("/") + ".writing"  # renamed when complete: never a half-written folder
     shutil.rmtree(tmp, ignore_errors=True)
     base.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
-    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    stops = list(tokenizer.stop_ids)  # ChatGLM3 and GLM-4 chats also stop at the next turn's role token
+    GenerationConfig(eos_token_id=stops[0] if len(stops) == 1 else stops, pad_token_id=tokenizer.pad_token_id,
                      do_sample=False).save_pretrained(tmp)
     fast_tokenizer(tokenizer).save_pretrained(tmp)
-    _portable_tokenizer_config(tmp)
+    _portable_tokenizer_config(tmp, tokenizer)
     if kind == "lora" and not merge:
         os.makedirs(os.path.join(tmp, "adapter"))
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):

@@ -32,7 +32,18 @@ _ORIGINAL_KEY = re.compile(r"^(?:transformer\.)?encoder\.layers\.(\d+)\.(.+)\.(l
 
 
 def is_adapter_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+    """A PEFT LoRA adapter (PEFT's prefix tuning, GLM-4's P-tuning v2, is a prefix: glm2/prefix.py)."""
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG)) and peft_type(path) != "PREFIX_TUNING"
+
+
+def peft_type(path: str) -> str | None:
+    """adapter_config.json's peft_type, upper-cased (None if unreadable: read_adapter says why)."""
+    try:
+        with open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return str(cfg.get("peft_type", "LORA")).upper() if isinstance(cfg, dict) else None
 
 
 def target_modules(spec: str | None) -> list[str]:

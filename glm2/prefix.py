@@ -93,14 +93,54 @@ def init_from_activations(encoder: PrefixEncoder, base, token_ids: list[int]) ->
 
 
 def read_prefix_checkpoint(ckpt_dir: str) -> dict[str, torch.Tensor]:
-    """The prefix tensors of a checkpoint-N folder (ours or the original's)."""
+    """The prefix tensors of a checkpoint folder: ours or the original's P-tuning checkpoint
+    (the prefix alone), a whole model folder holding a prefix (ChatGLM3's finetune_hf saves
+    the hub model with pre_seq_len set: its prefix tensors are read, the frozen rest is not),
+    or PEFT's prefix tuning (GLM-4's finetune scripts): `prompt_embeddings` are the prefix's
+    key/value rows in the hub encoder's layout ([tokens, layers x 2 x kv_groups x kv_channels])."""
+    from .checkpoint import _shard_files, open_weights
+    from .lora import ADAPTER_CONFIG, peft_type
+
+    if os.path.isfile(os.path.join(ckpt_dir, ADAPTER_CONFIG)) and peft_type(ckpt_dir) == "PREFIX_TUNING":
+        return _read_peft_prefix(ckpt_dir)
+    try:
+        shards = _shard_files(ckpt_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{ckpt_dir}: no pytorch_model.bin (P-tuning checkpoint) found") from None
+    if len(shards) == 1 and not shards[0].endswith(".safetensors"):
+        return open_weights(shards[0])
+    state = {}
+    for path in shards:  # only the prefix tensors of each shard
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                state.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(CHECKPOINT_PREFIX)})
+        else:
+            state.update({k: v for k, v in open_weights(path, mmap=True).items() if k.startswith(CHECKPOINT_PREFIX)})
+    return state
+
+
+def _read_peft_prefix(ckpt_dir: str) -> dict[str, torch.Tensor]:
+    import json
+
     from .checkpoint import open_weights
 
-    for name in ("pytorch_model.bin", "model.safetensors"):
-        path = os.path.join(ckpt_dir, name)
-        if os.path.isfile(path):
-            return open_weights(path)
-    raise FileNotFoundError(f"{ckpt_dir}: no pytorch_model.bin (P-tuning checkpoint) found")
+    with open(os.path.join(ckpt_dir, "adapter_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if os.path.isfile(os.path.join(ckpt_dir, name)):
+            state = open_weights(os.path.join(ckpt_dir, name))
+            break
+    else:
+        raise FileNotFoundError(f"{ckpt_dir}: adapter_config.json (PREFIX_TUNING) but no adapter_model.safetensors")
+    rows = next((v for k, v in state.items() if k.endswith("prompt_embeddings")), None)
+    if rows is None:
+        raise KeyError(f"{ckpt_dir}: no prompt_embeddings tensor; is this PEFT prefix tuning?")
+    if cfg.get("num_transformer_submodules", 1) != 1:
+        raise ValueError(f"{ckpt_dir}: num_transformer_submodules={cfg['num_transformer_submodules']}; a decoder-only "
+                         "prefix has 1")
+    return {CHECKPOINT_PREFIX + "embedding.weight": rows[:cfg.get("num_virtual_tokens", rows.shape[0])]}
 
 
 def prefix_shape_from_checkpoint(state: dict[str, torch.Tensor]) -> tuple[int, bool]:

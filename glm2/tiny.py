@@ -99,6 +99,7 @@ def train_tiktoken(files: list[str], model_path: str, vocab_size: int = 3000) ->
     (tiktoken applies the lowest-ranked pair first, as the BPE applies its earliest merge)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from tokenizers.pre_tokenizers import ByteLevel
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     from .tiktoken_tokenizer import GLM4_PATTERN, write_ranks
 
@@ -108,10 +109,7 @@ def train_tiktoken(files: list[str], model_path: str, vocab_size: int = 3000) ->
         pre_tokenizers.Split(Regex(GLM4_PATTERN), behavior="isolated"), ByteLevel(add_prefix_space=False, use_regex=False)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(lines, trainer)
-    # ByteLevel writes each byte as a printable character (GPT-2's table); undo it.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
-    chars = printable + [256 + n for n in range(256 - len(printable))]
-    to_byte = {chr(c): b for c, b in zip(chars, printable + [b for b in range(256) if b not in printable])}
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}  # ByteLevel's printable stand-in per byte
     ranks = {bytes([b]): b for b in range(256)}
     for merge in json.loads(tok.to_str())["model"]["merges"]:
         left, right = merge.split(" ") if isinstance(merge, str) else merge

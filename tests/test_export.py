@@ -32,7 +32,9 @@ for p in prompts:
         gen = model.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1]:].tolist()
     out["ids"].append(ids[0].tolist())
     out["logits"].append(logits.tolist())
-    out["greedy"].append(gen[:-1] if gen and gen[-1] == tok.eos_token_id else gen)
+    stops = model.generation_config.eos_token_id
+    stops = stops if isinstance(stops, list) else [stops]
+    out["greedy"].append(gen[:-1] if gen and gen[-1] in stops else gen)
     out["texts"].append(tok.decode(gen, skip_special_tokens=True).strip())
 print(json.dumps(out))
 '''
@@ -58,7 +60,7 @@ def ours(model_dir, checkpoint, prompts):
         ids = tok.encode_prompt(p)
         with torch.no_grad():
             out["logits"].append(model(input_ids=torch.tensor([ids])).logits[0, -1])
-        gen = generate(model, [ids], GenerationSettings(max_new_tokens=24), tok.eos_token_id, tok.pad_token_id)[0]
+        gen = generate(model, [ids], GenerationSettings(max_new_tokens=24), tok.stop_ids, tok.pad_token_id)[0]
         out["ids"].append(ids)
         out["greedy"].append(gen)
         out["texts"].append(tok.decode(gen).strip())
