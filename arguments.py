@@ -70,7 +70,7 @@ class ModelArguments:
                                          "passes it); on CUDA it is always printed and checked."})
     skip_memory_check: bool = field(
         default=False, metadata={"help": "Added: train even when the memory estimate printed before training "
-                                         "(python -m glm2.memory) exceeds the GPU's free memory."})
+                                         "(python -m chatglm.memory) exceeds the GPU's free memory."})
 
     def __post_init__(self):
         for name in ("pre_seq_len", "lora_rank"):

@@ -14,9 +14,9 @@ import argparse
 import json
 import sys
 
-from glm2.generation import NO_ANSWER, GenerationSettings, stream_text
-from glm2.model import base_only
-from glm2.tuned import add_model_flags, load_tuned
+from chatglm.generation import NO_ANSWER, GenerationSettings, stream_text
+from chatglm.model import base_only
+from chatglm.tuned import add_model_flags, load_tuned
 
 
 def parse_prompt(line: str) -> dict:
@@ -100,6 +100,6 @@ def print_streamed(texts) -> None:
     print("" if shown else NO_ANSWER, flush=True)
 
 if __name__ == "__main__":
-    from glm2.cli import run_cli
+    from chatglm.cli import run_cli
 
     run_cli(main, "chat.py")

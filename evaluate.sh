@@ -44,7 +44,7 @@ else
   DEFAULTS=(--max_source_length ${MAX_SOURCE_LENGTH:-700} --max_target_length ${MAX_TARGET_LENGTH:-196})
 fi
 if [ -z "${STEP:-}" ]; then  # the run's best checkpoint (by the official score) if it recorded one, else its newest
-  FOUND=$(python3 -m glm2.checkpoint "output/$CHECKPOINT") || {
+  FOUND=$(python3 -m chatglm.checkpoint "output/$CHECKPOINT") || {
     echo "evaluate.sh: no checkpoint in output/$CHECKPOINT; train first or set CHECKPOINT/STEP." >&2; exit 1; }
   STEP=${FOUND##*-}
 fi

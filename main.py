@@ -21,11 +21,11 @@ from arguments import (DataTrainingArguments, GenerationArguments, LegacyTrainin
 from cblue.records import RecordError
 from cblue.dataset import load_records_dataset, records_table, split_tasks, tokenize_for_training
 from cblue.outputs import save_json
-from glm2.checkpoint import last_complete_checkpoint
-from glm2.cli import run_cli
-from glm2.memory import check_before_training, zero_stage
-from glm2.model import ChatGLM2, base_only
-from glm2.tokenizer import load_tokenizer
+from chatglm.checkpoint import last_complete_checkpoint
+from chatglm.cli import run_cli
+from chatglm.memory import check_before_training, zero_stage
+from chatglm.model import ChatGLM, base_only
+from chatglm.tokenizer import load_tokenizer
 from prediction import Predictor, peak_gpu_memory
 from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ScoreCurveCallback, ShardingReport
 
@@ -78,7 +78,7 @@ def setup_logging(training_args):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
     level = logging.INFO if training_args.should_log else logging.WARNING
-    for name in ("main", "prediction", "cblue", "glm2", "trainer_seq2seq"):
+    for name in ("main", "prediction", "cblue", "chatglm", "trainer_seq2seq"):
         logging.getLogger(name).setLevel(level)
     transformers.utils.logging.set_verbosity_warning()
 
@@ -97,7 +97,7 @@ def model_dtype(training_args, full_fine_tuning: bool = False) -> torch.dtype:
     return torch.float32
 
 
-def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
+def load_model(model_args, training_args, for_training: bool) -> ChatGLM:
     lora = for_training and model_args.lora_rank
     if lora and model_args.pre_seq_len:
         raise ValueError("--pre_seq_len and --lora_rank are exclusive: P-tuning trains a prefix, LoRA trains "
@@ -107,13 +107,13 @@ def load_model(model_args, training_args, for_training: bool) -> ChatGLM2:
     if full_fine_tuning and model_args.quantization_bit:
         raise ValueError("--quantization_bit needs --pre_seq_len or --lora_rank: quantized weights cannot be "
                          "fine-tuned")
-    model = ChatGLM2.from_pretrained(model_args.model_name_or_path, pre_seq_len=model_args.pre_seq_len,
+    model = ChatGLM.from_pretrained(model_args.model_name_or_path, pre_seq_len=model_args.pre_seq_len,
                                      prefix_projection=model_args.prefix_projection,
                                      dtype=model_dtype(training_args, full_fine_tuning), device=training_args.device,
                                      seed=training_args.seed, quantization_bit=model_args.quantization_bit,
                                      ptuning_checkpoint=model_args.ptuning_checkpoint)
     if lora and model.lora_config is None:  # (an adapter given by --ptuning_checkpoint trains on)
-        from glm2.lora import target_modules
+        from chatglm.lora import target_modules
 
         model.add_lora(model_args.lora_rank, model_args.lora_alpha or 2.0 * model_args.lora_rank,
                        model_args.lora_dropout, target_modules(model_args.lora_target), seed=training_args.seed)
@@ -146,7 +146,7 @@ def train(model, tokenizer, model_args, data_args, gen_args, legacy_args, traini
         logger.warning("%d of %d targets are longer than --max_target_length %d and are cut: raise it to cover "
                        "the answers", stats["truncated_targets"], stats["records"], data_args.max_target_length)
     if model_args.prefix_init == "train_rows" and model.prefix_encoder is not None and not model_args.ptuning_checkpoint:
-        from glm2.prefix import init_from_activations
+        from chatglm.prefix import init_from_activations
 
         rows = [t for row in train_ds.select(range(min(64, len(train_ds))))["input_ids"] for t in row]
         init_from_activations(model.prefix_encoder, model.base, rows)

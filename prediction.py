@@ -20,9 +20,9 @@ import torch
 
 from cblue.dataset import load_records_dataset, tokenize_for_generation
 from cblue.outputs import PredictionLog, merge_logs, write_prediction_files
-from glm2.decode import compile_by_default
-from glm2.generation import GenerationSettings, constraint_for, generate
-from glm2.progress import Progress
+from chatglm.decode import compile_by_default
+from chatglm.generation import GenerationSettings, constraint_for, generate
+from chatglm.progress import Progress
 
 logger = logging.getLogger("prediction")
 

@@ -51,7 +51,7 @@ esac
 if [ -z "${MODEL:-}" ]; then
   # The embedded default: built once under output/, then P-tuned in a few minutes on 2 CPU cores.
   # Random weights, then a short causal-LM pre-training on the texts (cached once built).
-  MODEL=$(python -m glm2.tiny --train_file "$DATA/train.json" --out output/tiny-chatglm2 \
+  MODEL=$(python -m chatglm.tiny --train_file "$DATA/train.json" --out output/tiny-chatglm2 \
             --pretrain_steps ${PRETRAIN_STEPS:-600} | tail -n 1)
   case "$METHOD" in lora) LR=${LR:-2e-3} ;; full) LR=${LR:-5e-4} ;; *) LR=${LR:-3e-2} ;; esac
   RUN=${RUN:-tiny-chatglm2-$TAG-$LR}
@@ -109,5 +109,5 @@ SAMPLING=(); [ "${TASK_SAMPLING:-temperature:2}" != none ] && SAMPLING=(--task_s
     "$@"
 
 echo "train.sh: done. Checkpoints ($METHOD): output/$RUN/checkpoint-*; loss curve: output/$RUN/loss_curve.png"
-[ -f "output/$RUN/score_curve.png" ] && echo "train.sh: official dev score per evaluation: output/$RUN/score_curve.png, eval-*/scores.json and error_report.md; best: $(python3 -m glm2.checkpoint "output/$RUN")"
+[ -f "output/$RUN/score_curve.png" ] && echo "train.sh: official dev score per evaluation: output/$RUN/score_curve.png, eval-*/scores.json and error_report.md; best: $(python3 -m chatglm.checkpoint "output/$RUN")"
 echo "train.sh: evaluate with: $([ "$METHOD" = lora ] && echo "METHOD=lora ")bash evaluate.sh"

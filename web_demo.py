@@ -18,8 +18,8 @@ from cblue.compare import pick_examples
 from cblue.features import prompt_ids
 from cblue.records import read_records
 from cblue.score import score_one
-from glm2.tuned import add_model_flags, load_tuned
-from glm2.web_app import build_app
+from chatglm.tuned import add_model_flags, load_tuned
+from chatglm.web_app import build_app
 
 
 def main():
@@ -50,6 +50,6 @@ def main():
 
 
 if __name__ == "__main__":
-    from glm2.cli import run_cli
+    from chatglm.cli import run_cli
 
     run_cli(main, "web_demo.py")

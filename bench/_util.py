@@ -36,7 +36,7 @@ def default_model() -> str:
     golden = os.path.join(SHARED, "golden", "chatglm2-tiny", "model")
     if os.path.isdir(golden):
         return golden
-    from glm2.tiny import build_tiny_model
+    from chatglm.tiny import build_tiny_model
 
     return build_tiny_model(os.path.join(ROOT, "PromptCBLUE", "train.json"), os.path.join(ROOT, "output", "tiny-chatglm2"))
 

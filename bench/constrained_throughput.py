@@ -35,10 +35,10 @@ def main():
     from cblue.answer_grammar import grammars_for_records
     from cblue.features import prompt_ids
     from cblue.tasks import detect_version
-    from glm2.constraint import engine_for
-    from glm2.generation import GenerationSettings, constraint_for, generate
-    from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.constraint import engine_for
+    from chatglm.generation import GenerationSettings, constraint_for, generate
+    from chatglm.model import ChatGLM
+    from chatglm.tokenizer import ChatGLMTokenizer
 
     model_dir = args.model or default_model()
     tok = ChatGLMTokenizer.from_pretrained(model_dir)
@@ -46,7 +46,7 @@ def main():
     records = read_jsonl(path, args.samples)
     version = detect_version(r["task_dataset"] for r in records)
     prompts = [prompt_ids(tok, r["input"], None, args.source, "left")[0] for r in records]
-    model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=args.checkpoint).eval()
+    model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=args.checkpoint).eval()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def main():
                 spent[0] += time.perf_counter() - t
         return wrapper
 
-    from glm2.constraint import BatchConstraint
+    from chatglm.constraint import BatchConstraint
 
     for name in ("__init__", "mask_", "advance", "finish"):  # everything generation asks of the constraint
         setattr(BatchConstraint, name, timed(getattr(BatchConstraint, name)))

@@ -14,10 +14,10 @@ in a fresh process; every figure is printed as JSON (and the whole as one JSON a
   linear shapes at the step's token count, timed in the same process; `fraction_of_gemm` counts
   the products the step really does (6 x the layers' linear weights per token, 4 x the output
   layer per answer token), `fraction_of_gemm_6n` the issue's 6 x all parameters. A torch profile of one
-  step says where the rest goes. The tracked step also checks glm2.memory's estimate.
+  step says where the rest goes. The tracked step also checks chatglm.memory's estimate.
 - predict: the prompt pass (160-token prompts) and the decode step at batch 1 and 8, against the
   time to read the weights once at the read bandwidth measured in the same process;
-- memory: glm2.memory's estimate against the live tensor bytes of a real step (MemTracker) at the
+- memory: chatglm.memory's estimate against the live tensor bytes of a real step (MemTracker) at the
   tiny and a medium shape (the 6B shape is checked in the ptuning phase).
 Targets (issue 20): load <= 1.1 x weights; P-tuning >= 0.75, LoRA >= 0.60 of the GEMM; decode
 batch 1 <= 1.1 x, batch 8 <= 1.3 x the weight-read time; estimates within 10%.
@@ -112,14 +112,14 @@ def load(args, pre_seq_len=None):
     from transformers import GlmForCausalLM
     from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-    from glm2.convert import glm_config_from_chatglm
-    from glm2.model import ChatGLM2
-    from glm2.prefix import PrefixEncoder
+    from chatglm.convert import glm_config_from_chatglm
+    from chatglm.model import ChatGLM
+    from chatglm.prefix import PrefixEncoder
 
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     if not args.layers:
-        model = ChatGLM2.from_pretrained(args.model, dtype=dtype)
+        model = ChatGLM.from_pretrained(args.model, dtype=dtype)
     else:
         with open(config_file(args)) as f:
             config = glm_config_from_chatglm(json.load(f))
@@ -131,7 +131,7 @@ def load(args, pre_seq_len=None):
                 p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
         base.model.rotary_emb = GlmRotaryEmbedding(config)
         base.eval()
-        model = ChatGLM2(base, None, args.model)
+        model = ChatGLM(base, None, args.model)
     if pre_seq_len:
         c = model.config
         torch.manual_seed(42)
@@ -155,7 +155,7 @@ def config_file(args) -> str:
 
 
 def phase_load(args):
-    from glm2.checkpoint import load_glm
+    from chatglm.checkpoint import load_glm
 
     with AnonPeak() as mem:
         start = time.perf_counter()
@@ -201,7 +201,7 @@ def profile_step(model, opt, batch: dict, top: int = 12) -> list[dict]:
 
 def tracked_peak(model, opt, batch: dict) -> dict:
     """Live tensor bytes of one real step, by kind, at its peak (torch's MemTracker)."""
-    from glm2.memory import memory_tracker, peak_by_kind
+    from chatglm.memory import memory_tracker, peak_by_kind
 
     tracker = memory_tracker(model, opt)
     with tracker:
@@ -212,7 +212,7 @@ def tracked_peak(model, opt, batch: dict) -> dict:
 
 
 def estimate_for(model: str, method: str, batch: int, dtype: str, checkpointing: bool, **extra) -> int:
-    from glm2.memory import RunSettings, estimate
+    from chatglm.memory import RunSettings, estimate
 
     s = RunSettings(method=method, batch=batch, source=SOURCE, target=TARGET, dtype=dtype,
                     checkpointing=checkpointing, eval_batch=1, **extra)
@@ -272,7 +272,7 @@ def phase_lora(args):
 
 
 def phase_predict(args):
-    from glm2.generation import GenerationSettings, generate
+    from chatglm.generation import GenerationSettings, generate
 
     model = load(args, pre_seq_len=PREFIX)
     model.eval()
@@ -303,10 +303,10 @@ def phase_memory(args):
     """Estimate vs the live tensor bytes of a real step, at the tiny and a medium shape."""
     from transformers import GlmForCausalLM
 
-    from glm2.convert import glm_config_from_chatglm
-    from glm2.memory import SHAPES
-    from glm2.model import ChatGLM2
-    from glm2.prefix import PrefixEncoder
+    from chatglm.convert import glm_config_from_chatglm
+    from chatglm.memory import SHAPES
+    from chatglm.model import ChatGLM
+    from chatglm.prefix import PrefixEncoder
 
     shapes = {"tiny": dict(SHAPES["chatglm2-6b"], num_layers=2, hidden_size=256, num_attention_heads=8,
                            kv_channels=32, ffn_hidden_size=688, padded_vocab_size=4096),
@@ -327,7 +327,7 @@ def phase_memory(args):
             c = base.config
             prefix = PrefixEncoder(PREFIX, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size) \
                 if method == "ptuning" else None
-            model = ChatGLM2(base, prefix)
+            model = ChatGLM(base, prefix)
             if method == "lora":
                 model.add_lora(8, 16.0, 0.1, ["q_proj", "k_proj", "v_proj"], seed=0)
             model.gradient_checkpointing_enable()

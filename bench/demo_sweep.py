@@ -24,7 +24,7 @@ TINY_DEFAULTS = ["--max_source_length", "128", "--max_target_length", "96", "--p
 
 
 def build(args) -> tuple[str, float]:
-    from glm2.tiny import build_tiny_model
+    from chatglm.tiny import build_tiny_model
 
     out = os.path.join(args.out, f"tiny-p{args.pretrain_steps}-c{args.chat_steps}")
     start = time.time()

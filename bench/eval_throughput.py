@@ -29,15 +29,15 @@ def main():
     args = ap.parse_args()
 
     from cblue.features import prompt_ids
-    from glm2.generation import GenerationSettings, generate
-    from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.generation import GenerationSettings, generate
+    from chatglm.model import ChatGLM
+    from chatglm.tokenizer import ChatGLMTokenizer
 
     model_dir = args.model or default_model()
     tok = ChatGLMTokenizer.from_pretrained(model_dir)
     records = read_jsonl(data_file("test_inputs.json", "test.json"), args.samples)
     prompts = [prompt_ids(tok, r["input"], None, args.source, "left")[0] for r in records]
-    model = ChatGLM2.from_pretrained(model_dir, pre_seq_len=args.pre_seq_len, seed=42,
+    model = ChatGLM.from_pretrained(model_dir, pre_seq_len=args.pre_seq_len, seed=42,
                                      quantization_bit=args.quantization_bit).eval()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     results = {}

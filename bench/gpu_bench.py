@@ -30,10 +30,10 @@ def random_model(shape: dict, bits: int | None, device: str, pre_seq_len: int):
     from transformers import GlmForCausalLM
     from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-    from glm2.convert import glm_config_from_chatglm
-    from glm2.model import ChatGLM2
-    from glm2.prefix import PrefixEncoder
-    from glm2.quantization import QuantizedLinear, replace_linears
+    from chatglm.convert import glm_config_from_chatglm
+    from chatglm.model import ChatGLM
+    from chatglm.prefix import PrefixEncoder
+    from chatglm.quantization import QuantizedLinear, replace_linears
 
     dtype = torch.float16 if device != "cpu" else torch.float32
     config = glm_config_from_chatglm(shape)
@@ -57,7 +57,7 @@ def random_model(shape: dict, bits: int | None, device: str, pre_seq_len: int):
     base.model.rotary_emb = GlmRotaryEmbedding(config).to(device)
     c = base.config
     prefix = PrefixEncoder(pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size).to(device)
-    return ChatGLM2(base, prefix)
+    return ChatGLM(base, prefix)
 
 
 def sync(device):
@@ -93,8 +93,8 @@ def bench_train(model, device, batch, seq, steps, vocab):
 def bench_eval(model, device, vocab, prompt_len=160, new_tokens=64, samples=64):
     """Greedy generation with no eos (every row runs the full length) at batch 1, 16 and 64,
     and the decode step time at batch 64: (time for 64 new tokens - time for 1) / 63."""
-    from glm2.decode import compile_by_default
-    from glm2.generation import GenerationSettings, generate
+    from chatglm.decode import compile_by_default
+    from chatglm.generation import GenerationSettings, generate
 
     model.eval()
     compiled = compile_by_default(device)

@@ -11,7 +11,7 @@
 # with the checkpoint it wrote -> LoRA and QLoRA for a few steps -> DeepSpeed ZeRO-2 full
 # fine-tuning on the tiny shape (when deepspeed imports) -> bench/gpu_bench.py. Results land in
 # $OUT (default output/gpu_check): environment.json, cuda_tests.xml, train_results*.json (measured
-# peaks) with memory_estimate*.json beside them (python -m glm2.memory, same flags),
+# peaks) with memory_estimate*.json beside them (python -m chatglm.memory, same flags),
 # predict_results.json, gpu_bench.json, log.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +66,7 @@ $PY main.py --do_train --train_file PromptCBLUE/train.json --validation_file Pro
   --max_steps "$STEPS" --logging_steps 1 --save_steps 200 --learning_rate 1e-2 --pre_seq_len 128 --report_to none
 cp "$RUN/train_results.json" "$OUT/train_results.json"
 # The memory check's estimate for the same flags, beside the measured peak (train_peak_gpu_memory_gb).
-$PY -m glm2.memory --model_name_or_path "$MODEL" --max_source_length 64 --max_target_length 128 \
+$PY -m chatglm.memory --model_name_or_path "$MODEL" --max_source_length 64 --max_target_length 128 \
   --per_device_train_batch_size 32 --per_device_eval_batch_size 1 --pre_seq_len 128 \
   --device "$([ "$DRY" = 1 ] && echo cpu || echo cuda)" --json > "$OUT/memory_estimate.json"
 
@@ -86,7 +86,7 @@ for BITS in 16 4; do
     --per_device_train_batch_size 4 --max_steps "$STEPS" --logging_steps 1 --save_steps "$STEPS" \
     --learning_rate 2e-4 --lora_rank 8 "${QUANT[@]}" --report_to none
   cp "$RUN-lora-$BITS/train_results.json" "$OUT/train_results_lora_$BITS.json"
-  $PY -m glm2.memory --model_name_or_path "$MODEL" --max_source_length 700 --max_target_length 196 \
+  $PY -m chatglm.memory --model_name_or_path "$MODEL" --max_source_length 700 --max_target_length 196 \
     --per_device_train_batch_size 4 --lora_rank 8 "${QUANT[@]}" \
     --device "$([ "$DRY" = 1 ] && echo cpu || echo cuda)" --json > "$OUT/memory_estimate_lora_$BITS.json"
 done

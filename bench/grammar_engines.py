@@ -55,7 +55,7 @@ class Llguidance:
     name = "llguidance"
 
     def __init__(self, tok):
-        from glm2.constraint import GrammarEngine
+        from chatglm.constraint import GrammarEngine
 
         self.engine = GrammarEngine(tok, len(tok))
         self.bitmask = torch.empty(self.engine.words, dtype=torch.int32)
@@ -157,7 +157,7 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--records", type=int, default=40)
     args = ap.parse_args()
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.tokenizer import ChatGLMTokenizer
 
     model_dir = args.model or default_model()
     tok = ChatGLMTokenizer.from_pretrained(model_dir)
@@ -181,10 +181,10 @@ def main():
 
 
 def batch_mask(tok, records) -> dict:
-    """What one decode step of a batch costs in generation: every row's mask (glm2/constraint.py,
+    """What one decode step of a batch costs in generation: every row's mask (chatglm/constraint.py,
     unpacked to a bool mask over the vocabulary, byte twins merged), rows mid-answer."""
     from cblue.answer_grammar import grammars_for_records
-    from glm2.constraint import GrammarEngine
+    from chatglm.constraint import GrammarEngine
 
     engine = GrammarEngine(tok, len(tok))
     grammars = grammars_for_records(records, "v1")

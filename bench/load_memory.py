@@ -23,8 +23,8 @@ def build(path, layers, hidden):
         return
     from transformers import GlmForCausalLM
 
-    from glm2.checkpoint import save_chatglm
-    from glm2.convert import glm_config_from_chatglm
+    from chatglm.checkpoint import save_chatglm
+    from chatglm.convert import glm_config_from_chatglm
 
     shape = dict(model_type="chatglm", num_layers=layers, hidden_size=hidden, num_attention_heads=hidden // 128,
                  kv_channels=128, multi_query_attention=True, multi_query_group_num=2, ffn_hidden_size=hidden * 11 // 4,
@@ -50,8 +50,8 @@ def child(path, bits):
 
     from _util import peak_rss_mb
 
-    from glm2.checkpoint import load_glm
-    from glm2.quantization import quantized_bytes
+    from chatglm.checkpoint import load_glm
+    from chatglm.quantization import quantized_bytes
 
     base_anon, peak_anon, done = _rss_anon_mb(), [0.0], threading.Event()
 

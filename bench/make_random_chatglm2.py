@@ -52,9 +52,9 @@ def _normal(shape, dtype, gen):
 
 def write(out: str, shape: str, dtype=torch.float16, layers_per_shard: int = 4, seed: int = 0,
           tokenizer_data: str | None = None, vocab: int = 2000) -> str:
-    from glm2.convert import chatglm_config_from_glm, glm_config_from_chatglm
-    from glm2.tiny import train_tokenizer
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.convert import chatglm_config_from_glm, glm_config_from_chatglm
+    from chatglm.tiny import train_tokenizer
+    from chatglm.tokenizer import ChatGLMTokenizer
 
     s = SHAPES[shape]
     os.makedirs(out, exist_ok=True)

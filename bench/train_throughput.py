@@ -33,8 +33,8 @@ def main():
     args = ap.parse_args()
 
     from cblue.features import train_features
-    from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.model import ChatGLM
+    from chatglm.tokenizer import ChatGLMTokenizer
     from trainer_seq2seq import PadCollator
 
     model_dir = args.model or default_model()
@@ -44,7 +44,7 @@ def main():
                            tok, "input", "target", None, args.source, args.target, "left")
     rows = [{"input_ids": i, "labels": l} for i, l in zip(feats["input_ids"], feats["labels"])]
     torch.manual_seed(0)
-    model = ChatGLM2.from_pretrained(model_dir, pre_seq_len=args.pre_seq_len, seed=42,
+    model = ChatGLM.from_pretrained(model_dir, pre_seq_len=args.pre_seq_len, seed=42,
                                      quantization_bit=args.quantization_bit)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()

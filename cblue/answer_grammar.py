@@ -3,7 +3,7 @@
 A valid answer is one the official post-processor (cblue/postprocess.py) reads completely:
 every line it would look at is in the task's layout, and every label, term, attribute, type
 or relation comes from the record's options. The grammar is that language (Lark syntax, as
-llguidance reads it; glm2/constraint.py applies it), so a greedy answer that was already valid
+llguidance reads it; chatglm/constraint.py applies it), so a greedy answer that was already valid
 is not changed; cblue/validity.py says the same thing as a check on text, and tests hold the two
 together. Stricter than the parser in two places only, where no gold answer goes: the mentions
 of the span tasks below are copied from the input, and a list of options (CDN terms, NER and

@@ -17,7 +17,7 @@ needs_shared_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason=".
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """The embedded default model, built from the project's own sample data."""
-    from glm2.tiny import build_tiny_model
+    from chatglm.tiny import build_tiny_model
 
     return build_tiny_model(os.path.join(ROOT, "PromptCBLUE", "train.json"),
                             str(tmp_path_factory.mktemp("tiny") / "tiny-chatglm2"))

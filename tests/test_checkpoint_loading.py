@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from glm2.checkpoint import load_glm, read_config
-from glm2.convert import chatglm_to_glm, glm_to_chatglm
-from glm2.model import ChatGLM2
+from chatglm.checkpoint import load_glm, read_config
+from chatglm.convert import chatglm_to_glm, glm_to_chatglm
+from chatglm.model import ChatGLM
 
 
 def write_sharded(src_state: dict, out_dir, fmt: str, config: dict) -> None:
@@ -66,4 +66,4 @@ def test_missing_tensor_and_wrong_folder_are_named(tiny_model, tmp_path):
         load_glm(str(tmp_path))
     json.dump(dict(read_config(tiny_model), model_type="llama"), open(tmp_path / "config.json", "w"))
     with pytest.raises(ValueError, match="model_type"):
-        ChatGLM2.from_pretrained(str(tmp_path))
+        ChatGLM.from_pretrained(str(tmp_path))

@@ -16,10 +16,10 @@ from cblue.prompt_options import record_task_options, task_from_prompt
 from cblue.tasks import CLS_LABELS
 from cblue.validity import answer_is_valid
 from conftest import GOLDEN, ROOT, SHARED_DATA, needs_golden
-from glm2.constraint import engine_for
-from glm2.generation import GenerationSettings, constraint_for, generate, stream_text
-from glm2.model import ChatGLM2
-from glm2.tokenizer import ChatGLMTokenizer
+from chatglm.constraint import engine_for
+from chatglm.generation import GenerationSettings, constraint_for, generate, stream_text
+from chatglm.model import ChatGLM
+from chatglm.tokenizer import ChatGLMTokenizer
 
 MODEL = os.path.join(GOLDEN, "model")
 
@@ -58,7 +58,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def model():
-    return ChatGLM2.from_pretrained(MODEL).eval()
+    return ChatGLM.from_pretrained(MODEL).eval()
 
 
 def accepts(tok, grammar, text):
@@ -262,12 +262,12 @@ def test_streamed_constrained_text_ends_as_generate(model, tok):
 @pytest.mark.parametrize("variant", ["prefix", "lora", "int8"])
 def test_constraint_on_prefix_lora_and_quantized_bases(tok, variant):
     if variant == "prefix":
-        m = ChatGLM2.from_pretrained(MODEL, ptuning_checkpoint=os.path.join(GOLDEN, "ptuning-checkpoint-20"))
+        m = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=os.path.join(GOLDEN, "ptuning-checkpoint-20"))
     elif variant == "lora":
-        m = ChatGLM2.from_pretrained(MODEL)
+        m = ChatGLM.from_pretrained(MODEL)
         m.add_lora(4, 8.0, 0.0, ["q_proj", "v_proj"], seed=1)
     else:
-        m = ChatGLM2.from_pretrained(MODEL, quantization_bit=8)
+        m = ChatGLM.from_pretrained(MODEL, quantization_bit=8)
     records = closed_set_records(os.path.join(ROOT, "PromptCBLUE", "dev.json"), 1, seed=2)
     answers = constrained_answers(m.eval(), tok, records, "v2", GenerationSettings(max_new_tokens=24))
     assert_all_valid(records, answers, "v2")
@@ -294,7 +294,7 @@ def test_an_option_the_tokenizer_cannot_spell_falls_back():
 
 def test_a_grammar_llguidance_rejects_is_free_text(tok, caplog):
     engine = engine_for(tok, len(tok))
-    with caplog.at_level(logging.WARNING, logger="glm2"):
+    with caplog.at_level(logging.WARNING, logger="chatglm"):
         assert engine.matcher("start: undefined_rule\n") is None
     assert "free text" in caplog.text
 
@@ -372,7 +372,7 @@ def test_chat_answers_the_story_prompt_with_an_option(tiny_model, tiny_checkpoin
     assert len(answers) == 2 and all(a in ("相同", "不同") for a in answers), on.stdout
     assert "decoding: constrained" in on.stdout and "decoding: free" in off.stdout
     free = [block.split("\n", 1)[1].strip() for block in off.stdout.split("── ")[1:]]
-    assert len(free) == 2 and all(free), off.stdout  # an answer of no text says so (glm2.generation.NO_ANSWER)
+    assert len(free) == 2 and all(free), off.stdout  # an answer of no text says so (chatglm.generation.NO_ANSWER)
 
 
 @pytest.mark.parametrize("task,answer,cut_at", [
@@ -384,7 +384,7 @@ def test_chat_answers_the_story_prompt_with_an_option(tiny_model, tiny_checkpoin
 def test_an_answer_cut_by_the_budget_ends_where_the_grammar_accepted(tok, task, answer, cut_at):
     """Hold-back and the final cut, on the tokens of a half-written answer: what comes out is
     the longest prefix the grammar accepts, even inside a token (`"]]\\n`)."""
-    from glm2.constraint import BatchConstraint
+    from chatglm.constraint import BatchConstraint
 
     rec = {"input": "肺炎患者若伴有胸闷，则用阿莫西林。", "task_dataset": task,
            "answer_choices": {"KUAKE-QTR": ["完全匹配", "很少匹配有一些参考价值"], "CMeEE-V2": ["疾病"]}.get(task, [])}
@@ -411,7 +411,7 @@ def test_compiled_decode_step_gives_the_same_constrained_answers(model, tok):
 def test_beams_never_take_a_forbidden_token(model, tok, caplog):
     """A classification grammar leaves fewer than 2 x beams candidates: the -inf ones are never kept."""
     rec = next(r for r in read(os.path.join(ROOT, "PromptCBLUE", "dev.json")) if r["task_dataset"] == "CHIP-STS")
-    with caplog.at_level(logging.WARNING, logger="glm2"):
+    with caplog.at_level(logging.WARNING, logger="chatglm"):
         answers = constrained_answers(model, tok, [rec], "v2", GenerationSettings(max_new_tokens=8, num_beams=4))
     assert answers[0] in rec["answer_choices"]
     assert "outside the grammar" not in caplog.text
@@ -420,11 +420,11 @@ def test_beams_never_take_a_forbidden_token(model, tok, caplog):
 def test_a_row_whose_grammar_failed_goes_on_as_free_text(tok, caplog):
     """A token outside the grammar (not reachable through the mask, but never an error) turns
     the row into free text: every later token passes through."""
-    from glm2.constraint import BatchConstraint
+    from chatglm.constraint import BatchConstraint
 
     c = BatchConstraint(engine_for(tok, len(tok)), [answer_grammar("KUAKE-IR", "", ["相关", "不相关"]).lark])
     bad = tok.encode_fragment("胃炎")
-    with caplog.at_level(logging.WARNING, logger="glm2"):
+    with caplog.at_level(logging.WARNING, logger="chatglm"):
         out = [t for token in bad + bad for t in c.advance(0, token)]
     assert out == bad + bad and "outside the grammar" in caplog.text
     assert c.finish(0) == []

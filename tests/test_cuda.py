@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from glm2.generation import GenerationSettings, generate
-from glm2.model import ChatGLM2
-from glm2.tokenizer import ChatGLMTokenizer
+from chatglm.generation import GenerationSettings, generate
+from chatglm.model import ChatGLM
+from chatglm.tokenizer import ChatGLMTokenizer
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda,
@@ -25,7 +25,7 @@ def _rows(tok, n=8, seed=0):
 
 def _tuning(tiny_model, dtype=torch.float16, **kwargs):
     """A P-tuning model on the device with checkpointing, in training mode."""
-    model = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=16, dtype=dtype, device=DEVICE, seed=0, **kwargs)
+    model = ChatGLM.from_pretrained(tiny_model, pre_seq_len=16, dtype=dtype, device=DEVICE, seed=0, **kwargs)
     model.gradient_checkpointing_enable()
     model.train()
     return model
@@ -82,7 +82,7 @@ def test_memory_does_not_grow_from_step_to_step(tiny_model):
 
 def test_generation_is_equal_across_batch_sizes_and_compiled(tiny_model):
     tok = ChatGLMTokenizer.from_pretrained(tiny_model)
-    model = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=16, device=DEVICE, seed=0)
+    model = ChatGLM.from_pretrained(tiny_model, pre_seq_len=16, device=DEVICE, seed=0)
     prompts = _rows(tok, 12, seed=1)
     settings = GenerationSettings(max_new_tokens=24)
     one = [generate(model, [p], settings, tok.eos_token_id, tok.pad_token_id)[0] for p in prompts]

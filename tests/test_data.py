@@ -7,7 +7,7 @@ import pytest
 from cblue.features import prompt_ids, train_features
 from cblue.records import RecordError, read_records
 from conftest import ROOT, run_main
-from glm2.tokenizer import ChatGLMTokenizer
+from chatglm.tokenizer import ChatGLMTokenizer
 
 
 def write(path, lines):

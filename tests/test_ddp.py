@@ -5,7 +5,7 @@ import os
 import torch
 
 from conftest import ROOT, run_main
-from glm2.prefix import CHECKPOINT_PREFIX
+from chatglm.prefix import CHECKPOINT_PREFIX
 
 
 def test_two_process_training(tiny_model, tmp_path):
@@ -31,7 +31,7 @@ def test_two_process_prediction_gathers_in_input_order(tiny_model, tiny_checkpoi
             "--per_device_eval_batch_size", "8", "--max_predict_samples", "40", "--report_to", "none"]
     run_main(args + ["--output_dir", str(tmp_path / "one")])
     proc = run_main(args + ["--output_dir", str(tmp_path / "two")], torchrun=2, env={"GLM2_PROGRESS_SECONDS": "0"})
-    progress = [l for l in proc.stdout.splitlines() if "glm2.progress" in l]
+    progress = [l for l in proc.stdout.splitlines() if "chatglm.progress" in l]
     assert progress and all("(rank 0, 1/2 of the records)" in l for l in progress)
     assert sum("(100%)" in l for l in progress) == 1  # one process reports
     for name in ("generated_predictions.txt", "test_predictions.json", "results.json", "scores.json"):

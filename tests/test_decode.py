@@ -2,9 +2,9 @@
 import torch
 
 from conftest import needs_golden
-from glm2.decode import StaticDecoder
-from glm2.generation import GenerationSettings, generate, left_pad
-from glm2.model import ChatGLM2, positions_from_mask
+from chatglm.decode import StaticDecoder
+from chatglm.generation import GenerationSettings, generate, left_pad
+from chatglm.model import ChatGLM, positions_from_mask
 from test_half_precision import CKPT, MODEL, golden_prompts
 
 pytestmark = needs_golden
@@ -14,7 +14,7 @@ def test_static_decoder_matches_the_transformers_forward():
     """Logits of 24 decode steps, left-padded batch of 8 with a prefix: our step against
     GlmForCausalLM with its own growing cache."""
     tok, prompts = golden_prompts(8)
-    model = ChatGLM2.from_pretrained(MODEL, ptuning_checkpoint=CKPT).eval()
+    model = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT).eval()
     ids, mask = left_pad(prompts, tok.pad_token_id, "cpu")
     full_mask, pos = model.extend_mask(mask), positions_from_mask(mask)
     with torch.inference_mode():
@@ -43,7 +43,7 @@ def test_compiled_decode_gives_the_eager_outputs():
     """torch.compile of the fixed-shape step (what runs by default on CUDA), on the CPU:
     identical greedy outputs, rows leaving the batch included."""
     tok, prompts = golden_prompts(24)
-    model = ChatGLM2.from_pretrained(MODEL, ptuning_checkpoint=CKPT)
+    model = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT)
     eager = generate(model, prompts, GenerationSettings(max_new_tokens=40), tok.eos_token_id, tok.pad_token_id)
     compiled = generate(model, prompts, GenerationSettings(max_new_tokens=40, compiled=True), tok.eos_token_id,
                         tok.pad_token_id)

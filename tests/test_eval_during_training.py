@@ -84,7 +84,7 @@ def test_the_best_checkpoint_is_chosen_by_the_score_and_kept(run):
     assert kept == [f"checkpoint-{best}"]
     final = json.load(open(out / "eval_results.json"))
     assert final["eval_step"] == best and final["eval_score"] == evals[best]["eval_score"]
-    found = subprocess.run([sys.executable, "-m", "glm2.checkpoint", str(out)], cwd=ROOT, capture_output=True,
+    found = subprocess.run([sys.executable, "-m", "chatglm.checkpoint", str(out)], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.strip()
     assert found == str(out / f"checkpoint-{best}")
 
@@ -158,7 +158,7 @@ def test_scoring_during_training_needs_a_validation_file(tiny_model, tmp_path):
 
 
 def test_tools_take_the_recorded_best_else_the_newest(tmp_path):
-    from glm2.checkpoint import run_checkpoint
+    from chatglm.checkpoint import run_checkpoint
 
     def checkpoint(step, best=None):
         d = tmp_path / f"checkpoint-{step}"

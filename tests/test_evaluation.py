@@ -9,9 +9,9 @@ import time
 import pytest
 
 from conftest import ROOT, run_main
-from glm2.generation import GenerationSettings, generate
-from glm2.model import ChatGLM2
-from glm2.tokenizer import ChatGLMTokenizer
+from chatglm.generation import GenerationSettings, generate
+from chatglm.model import ChatGLM
+from chatglm.tokenizer import ChatGLMTokenizer
 
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 TEST = os.path.join(ROOT, "PromptCBLUE", "test.json")
@@ -30,7 +30,7 @@ def read_lines(path):
 
 def test_batch_16_equals_batch_1(tiny_model, tiny_checkpoint):
     tok = ChatGLMTokenizer.from_pretrained(tiny_model)
-    m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
+    m = ChatGLM.from_pretrained(tiny_model, pre_seq_len=8)
     m.load_prefix(tiny_checkpoint)
     prompts = [tok.encode_prompt(r["input"])[-100:] for r in read_lines(DEV)[:32]]
     assert len({len(p) for p in prompts}) > 5  # really different lengths: real padding
@@ -44,7 +44,7 @@ def test_batch_16_equals_batch_1(tiny_model, tiny_checkpoint):
 
 def test_sampling_is_reproducible_and_beams_run(tiny_model, tiny_checkpoint):
     tok = ChatGLMTokenizer.from_pretrained(tiny_model)
-    m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
+    m = ChatGLM.from_pretrained(tiny_model, pre_seq_len=8)
     m.load_prefix(tiny_checkpoint)
     prompts = [tok.encode_prompt(r["input"])[-100:] for r in read_lines(DEV)[:4]]
     s = GenerationSettings(max_new_tokens=12, do_sample=True, top_p=0.7, temperature=0.95, seed=3)
@@ -58,7 +58,7 @@ def test_predict_writes_every_output(tiny_model, tiny_checkpoint, tmp_path):
                     env={"GLM2_PROGRESS_SECONDS": "0"})
     records = read_lines(DEV)
     # Progress as log lines (the output is not a terminal): after each batch, then the total.
-    progress = [l.split(" - ")[-1] for l in proc.stdout.splitlines() if "glm2.progress" in l]
+    progress = [l.split(" - ")[-1] for l in proc.stdout.splitlines() if "chatglm.progress" in l]
     assert progress[0].startswith("predict test: 16/90 samples (17%), ") and progress[0].endswith(" left")
     assert "samples/s" in progress[0]
     assert progress[-1].startswith("predict test: 90/90 samples (100%), ") and ", took " in progress[-1]

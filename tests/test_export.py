@@ -1,4 +1,4 @@
-"""python -m glm2.export: a transformers-native folder that loads in a fresh process with only
+"""python -m chatglm.export: a transformers-native folder that loads in a fresh process with only
 transformers (AutoTokenizer, AutoModelForCausalLM) and gives our ids, logits and greedy outputs;
 LoRA merged equals unmerged; a prefix is refused in one line."""
 import json
@@ -49,11 +49,11 @@ def fresh_process(folder, prompts, adapter=""):
 
 
 def ours(model_dir, checkpoint, prompts):
-    from glm2.generation import GenerationSettings, generate
-    from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.generation import GenerationSettings, generate
+    from chatglm.model import ChatGLM
+    from chatglm.tokenizer import ChatGLMTokenizer
 
-    model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint).eval()
+    model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=checkpoint).eval()
     tok = ChatGLMTokenizer.from_pretrained(model_dir)
     out = {"ids": [], "logits": [], "greedy": [], "texts": []}
     for p in prompts:
@@ -68,7 +68,7 @@ def ours(model_dir, checkpoint, prompts):
 
 
 def export(*args):
-    proc = subprocess.run([sys.executable, "-m", "glm2.export", *map(str, args)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "chatglm.export", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

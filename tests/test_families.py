@@ -12,8 +12,8 @@ import torch
 
 from conftest import GOLDEN, ROOT, needs_golden, run_main
 from cblue.features import train_features
-from glm2.family import detect_family
-from glm2.tokenizer import load_tokenizer
+from chatglm.family import detect_family
+from chatglm.tokenizer import load_tokenizer
 
 TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
@@ -27,7 +27,7 @@ def _records(n=None):
 @pytest.fixture(scope="module")
 def chatglm3(tmp_path_factory):
     """A ChatGLM3-6B-32k-like folder (rope_ratio 50)."""
-    from glm2.tiny import build_tiny_model
+    from chatglm.tiny import build_tiny_model
 
     return build_tiny_model(TRAIN, str(tmp_path_factory.mktemp("c3") / "tiny-chatglm3"), family="chatglm3",
                             rope_ratio=50)
@@ -35,7 +35,7 @@ def chatglm3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def glm4(tmp_path_factory):
-    from glm2.tiny import build_tiny_model
+    from chatglm.tiny import build_tiny_model
 
     return build_tiny_model(TRAIN, str(tmp_path_factory.mktemp("g4") / "tiny-glm4"), family="glm4", rope_ratio=500)
 
@@ -122,7 +122,7 @@ def test_glm4_tokenizer_is_the_tiktoken_file_as_transformers_converts_it(glm4):
 
 
 def test_rope_ratio_scales_the_rotary_base(chatglm3, tmp_path):
-    from glm2.checkpoint import load_glm
+    from chatglm.checkpoint import load_glm
 
     model = load_glm(chatglm3)
     dim = model.config.head_dim // 2  # rotary on half of each head, as the hub's RotaryEmbedding(kv_channels // 2)
@@ -143,8 +143,8 @@ def test_peft_prefix_tuning_loads_as_the_same_keys_and_values(glm4, tmp_path):
     encoder's rows, and PEFT's own get_prompt gives the keys/values ours does."""
     from peft import PrefixTuningConfig, get_peft_model
 
-    from glm2.checkpoint import load_glm
-    from glm2.model import ChatGLM2
+    from chatglm.checkpoint import load_glm
+    from chatglm.model import ChatGLM
 
     base = load_glm(glm4)
     c = base.config
@@ -155,7 +155,7 @@ def test_peft_prefix_tuning_loads_as_the_same_keys_and_values(glm4, tmp_path):
     torch.manual_seed(3)
     torch.nn.init.normal_(peft_model.prompt_encoder["default"].embedding.weight)
     peft_model.save_pretrained(tmp_path / "peft-prefix")
-    ours = ChatGLM2.from_pretrained(glm4, ptuning_checkpoint=str(tmp_path / "peft-prefix")).eval()
+    ours = ChatGLM.from_pretrained(glm4, ptuning_checkpoint=str(tmp_path / "peft-prefix")).eval()
     assert ours.pre_seq_len == 6
     theirs = peft_model.eval().get_prompt(batch_size=1)
     for layer, (k, v) in enumerate(ours.prefix_encoder.key_values(1, torch.float32)):
@@ -168,8 +168,8 @@ def test_a_whole_model_folder_with_a_prefix_loads_its_prefix(chatglm3, tmp_path)
     """ChatGLM3's finetune_hf saves the hub model (pre_seq_len set) whole, in safetensors shards."""
     from safetensors.torch import save_file
 
-    from glm2.checkpoint import iter_checkpoint_tensors
-    from glm2.model import ChatGLM2
+    from chatglm.checkpoint import iter_checkpoint_tensors
+    from chatglm.model import ChatGLM
 
     folder = tmp_path / "checkpoint-10"
     folder.mkdir()
@@ -187,7 +187,7 @@ def test_a_whole_model_folder_with_a_prefix_loads_its_prefix(chatglm3, tmp_path)
     json.dump({"weight_map": weight_map}, open(folder / "model.safetensors.index.json", "w"))
     cfg = json.load(open(os.path.join(chatglm3, "config.json")))
     json.dump({**cfg, "pre_seq_len": 4}, open(folder / "config.json", "w"))
-    model = ChatGLM2.from_pretrained(chatglm3, ptuning_checkpoint=str(folder))
+    model = ChatGLM.from_pretrained(chatglm3, ptuning_checkpoint=str(folder))
     assert model.pre_seq_len == 4 and torch.equal(model.prefix_encoder.embedding.weight, emb)
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import GOLDEN, needs_golden
-from glm2.generation import GenerationSettings, generate
-from glm2.model import ChatGLM2
-from glm2.tokenizer import ChatGLMTokenizer
+from chatglm.generation import GenerationSettings, generate
+from chatglm.model import ChatGLM
+from chatglm.tokenizer import ChatGLMTokenizer
 
 pytestmark = needs_golden
 MODEL = os.path.join(GOLDEN, "model")
@@ -34,12 +34,12 @@ def dev_records():
 
 @pytest.fixture(scope="module")
 def base():
-    return ChatGLM2.from_pretrained(MODEL).eval()
+    return ChatGLM.from_pretrained(MODEL).eval()
 
 
 @pytest.fixture(scope="module")
 def tuned():
-    m = ChatGLM2.from_pretrained(MODEL, pre_seq_len=8)
+    m = ChatGLM.from_pretrained(MODEL, pre_seq_len=8)
     m.load_prefix(CKPT)
     return m.eval()
 
@@ -70,7 +70,7 @@ def test_decoding_matches_original_predictions(ref):
 
 @pytest.mark.parametrize("folder", ["model", "model-safetensors"])
 def test_base_logits_match(ref, folder):
-    m = ChatGLM2.from_pretrained(os.path.join(GOLDEN, folder)).eval()
+    m = ChatGLM.from_pretrained(os.path.join(GOLDEN, folder)).eval()
     d = ref["dev_base"]
     with torch.no_grad():
         for ids, want in zip(ragged(d, "prompt_ids_trunc"), d["last_logits"]):
@@ -129,7 +129,7 @@ def test_greedy_generation_matches(ref, base, tuned, name):
 
 
 def test_fresh_prefix_is_the_originals_init():
-    m = ChatGLM2.from_pretrained(MODEL, pre_seq_len=8, seed=42)
+    m = ChatGLM.from_pretrained(MODEL, pre_seq_len=8, seed=42)
     torch.manual_seed(42)
     assert torch.equal(m.prefix_encoder.embedding.weight.detach(), torch.randn(8, 256))
     assert torch.isfinite(m.prefix_encoder.embedding.weight).all()
@@ -137,7 +137,7 @@ def test_fresh_prefix_is_the_originals_init():
 
 def test_gradient_checkpointing_keeps_the_prefix_gradient(ref):
     d = ref["dev_ckpt20"]
-    m = ChatGLM2.from_pretrained(MODEL, pre_seq_len=8)
+    m = ChatGLM.from_pretrained(MODEL, pre_seq_len=8)
     m.load_prefix(CKPT)
     m.gradient_checkpointing_enable()
     m.train()

@@ -13,10 +13,10 @@ import torch
 
 from cblue.features import prompt_ids
 from conftest import GOLDEN, ROOT, needs_golden, run_main
-from glm2.generation import GenerationSettings, generate
-from glm2.model import ChatGLM2
-from glm2.prefix import CHECKPOINT_PREFIX
-from glm2.tokenizer import ChatGLMTokenizer
+from chatglm.generation import GenerationSettings, generate
+from chatglm.model import ChatGLM
+from chatglm.prefix import CHECKPOINT_PREFIX
+from chatglm.tokenizer import ChatGLMTokenizer
 
 pytestmark = needs_golden
 MODEL = os.path.join(GOLDEN, "model")
@@ -55,7 +55,7 @@ def test_prefix_gradient_in_half_matches_the_original(flag):
     """d(loss)/d(prefix) through a half-precision base with checkpointing: fp32, finite, and
     pointing where the original's fp32 gradient points."""
     ref = np.load(os.path.join(GOLDEN, "reference", "dev_ckpt20.npz"))
-    model = ChatGLM2.from_pretrained(MODEL, ptuning_checkpoint=CKPT, dtype=HALF[flag])
+    model = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT, dtype=HALF[flag])
     model.gradient_checkpointing_enable()
     model.eval()  # the reference gradient was taken without dropout
     ids = torch.from_numpy(ref["train_input_ids"][:4]).long()
@@ -75,9 +75,9 @@ def test_half_precision_generation_agrees_with_fp32(flag, at_least):
     model, whose nearly flat logits let rounding flip a few close calls."""
     tok, prompts = golden_prompts()
     settings = GenerationSettings(max_new_tokens=32)
-    fp32 = generate(ChatGLM2.from_pretrained(MODEL, ptuning_checkpoint=CKPT), prompts, settings,
+    fp32 = generate(ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT), prompts, settings,
                     tok.eos_token_id, tok.pad_token_id)
-    half_model = ChatGLM2.from_pretrained(MODEL, ptuning_checkpoint=CKPT, dtype=HALF[flag])
+    half_model = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT, dtype=HALF[flag])
     half = generate(half_model, prompts, settings, tok.eos_token_id, tok.pad_token_id)
     same = sum(a == b for a, b in zip(fp32, half))
     print(f"{flag}: {same}/{len(prompts)} greedy outputs equal to fp32")
@@ -89,7 +89,7 @@ def test_long_prompt_logits_stay_finite_in_half(flag):
     """A 700-token prompt (PromptCBLUE's longest) through a half base: no overflow to inf/NaN."""
     tok, prompts = golden_prompts()
     long_prompt = (tok.prefix_ids + sum((p[2:] for p in prompts), []))[:700]
-    model = ChatGLM2.from_pretrained(MODEL, ptuning_checkpoint=CKPT, dtype=HALF[flag])
+    model = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT, dtype=HALF[flag])
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([long_prompt])).logits
     assert logits.dtype == HALF[flag] and torch.isfinite(logits.float()).all()
@@ -99,7 +99,7 @@ def test_long_prompt_logits_stay_finite_in_half(flag):
 @pytest.mark.parametrize("flag", ["bf16", "fp16"])
 def test_quantized_base_in_half_precision(flag, bits):
     tok, prompts = golden_prompts(8)
-    model = ChatGLM2.from_pretrained(MODEL, ptuning_checkpoint=CKPT, dtype=HALF[flag], quantization_bit=bits)
+    model = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT, dtype=HALF[flag], quantization_bit=bits)
     assert model.base.model.layers[0].self_attn.q_proj.weight_scale.dtype == HALF[flag]
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([prompts[0]])).logits

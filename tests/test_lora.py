@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, logged_losses as losses, run_main, tiny_train_args
-from glm2.checkpoint import load_glm, read_config
-from glm2.convert import glm_to_chatglm
-from glm2.model import ChatGLM2, base_only
+from chatglm.checkpoint import load_glm, read_config
+from chatglm.convert import glm_to_chatglm
+from chatglm.model import ChatGLM, base_only
 
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 
@@ -45,7 +45,7 @@ def test_peft_loads_our_adapter_and_gives_the_same_logits(tiny_model, tmp_path):
 
     run_main(lora_args(tiny_model, tmp_path, "--max_steps", "3", "--save_steps", "3", "--overwrite_output_dir"))
     ckpt = str(tmp_path / "checkpoint-3")
-    ours = ChatGLM2.from_pretrained(tiny_model, ptuning_checkpoint=ckpt).eval()
+    ours = ChatGLM.from_pretrained(tiny_model, ptuning_checkpoint=ckpt).eval()
     theirs = PeftModel.from_pretrained(load_glm(tiny_model), ckpt).eval()
     ids = torch.randint(5, 500, (2, 24))
     positions = torch.arange(24).expand(2, 24)
@@ -96,8 +96,8 @@ def test_qlora_trains_adapters_on_an_int4_base(tiny_model, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for v in curve.values())
     assert curve[20] < curve[1]
     ckpt = str(tmp_path / "checkpoint-20")
-    model = ChatGLM2.from_pretrained(tiny_model, ptuning_checkpoint=ckpt, quantization_bit=4)
-    from glm2.quantization import QuantizedLinear
+    model = ChatGLM.from_pretrained(tiny_model, ptuning_checkpoint=ckpt, quantization_bit=4)
+    from chatglm.quantization import QuantizedLinear
 
     q_proj = model.base.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.get_base_layer(), QuantizedLinear)  # adapter on the int4 layer
@@ -173,7 +173,7 @@ def test_an_adapter_trained_on_the_original_code_imports_exactly(tiny_model, tmp
     for name in ("config.json", "tokenizer.model", "tokenizer_config.json"):
         shutil.copy(os.path.join(tiny_model, name), merged_dir / name)
     expected_model = load_glm(str(merged_dir)).eval()
-    imported = ChatGLM2.from_pretrained(tiny_model, ptuning_checkpoint=adapter).eval()
+    imported = ChatGLM.from_pretrained(tiny_model, ptuning_checkpoint=adapter).eval()
     assert sorted(imported.lora_config.target_modules) == ["down_proj", "gate_up_proj", "k_proj", "o_proj",
                                                            "q_proj", "v_proj"]
     ids = torch.randint(5, 500, (3, 20))

@@ -1,4 +1,4 @@
-"""glm2.memory: the estimate made from a run's flags, before it starts, against the live tensor
+"""chatglm.memory: the estimate made from a run's flags, before it starts, against the live tensor
 bytes of a real step (torch's MemTracker), and the checks built on it."""
 import json
 import os
@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import ROOT
 
-from glm2.cuda_allocator import replay
-from glm2.memory import RunSettings, estimate, memory_tracker, peak_by_kind
+from chatglm.cuda_allocator import replay
+from chatglm.memory import RunSettings, estimate, memory_tracker, peak_by_kind
 
 SHAPE = dict(model_type="chatglm", num_layers=2, hidden_size=128, num_attention_heads=4, kv_channels=32,
              multi_query_attention=True, multi_query_group_num=2, ffn_hidden_size=352, padded_vocab_size=1024,
@@ -29,10 +29,10 @@ def real_model(s: RunSettings):
     """A random model at SHAPE, built as main.load_model builds the run's (real tensors)."""
     from transformers import GlmForCausalLM
 
-    from glm2.convert import glm_config_from_chatglm
-    from glm2.model import ChatGLM2
-    from glm2.prefix import PrefixEncoder
-    from glm2.quantization import QuantizedLinear, replace_linears
+    from chatglm.convert import glm_config_from_chatglm
+    from chatglm.model import ChatGLM
+    from chatglm.prefix import PrefixEncoder
+    from chatglm.quantization import QuantizedLinear, replace_linears
 
     config = glm_config_from_chatglm(SHAPE)
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def real_model(s: RunSettings):
     base.model.rotary_emb.inv_freq = 1.0 / (10000 ** (torch.arange(0, c.head_dim // 2, 2).float() / (c.head_dim // 2)))
     prefix = PrefixEncoder(s.pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
                            c.hidden_size) if s.method == "ptuning" else None
-    model = ChatGLM2(base, prefix)
+    model = ChatGLM(base, prefix)
     if s.method == "lora":
         model.add_lora(s.lora_rank, 2.0 * s.lora_rank, s.lora_dropout, s.lora_targets, seed=0)
     return model
@@ -118,14 +118,14 @@ def test_the_caching_allocator_keeps_what_it_freed():
 def test_cli_prints_every_part_and_json(config_file):
     flags = ["--model_name_or_path", config_file, "--pre_seq_len", "8", "--per_device_train_batch_size", "4",
              "--max_source_length", "24", "--max_target_length", "16", "--fp16"]
-    out = subprocess.run([sys.executable, "-m", "glm2.memory", *flags], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "chatglm.memory", *flags], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     for part in ("weights", "trainable params + gradients + optimizer", "activations (saved for backward)",
                  "workspace", "logits", "checkpointing off", "generation cache", "CUDA context",
                  "total, as nvidia-smi shows it"):
         assert part in out.stdout, part
     assert "batch 4 x 41 tokens, float16" in out.stdout
-    js = subprocess.run([sys.executable, "-m", "glm2.memory", *flags, "--json", "--num_gpus", "2"], cwd=ROOT,
+    js = subprocess.run([sys.executable, "-m", "chatglm.memory", *flags, "--json", "--num_gpus", "2"], cwd=ROOT,
                         capture_output=True, text=True)
     figures = json.loads(js.stdout)
     assert figures["settings"]["num_gpus"] == 2 and "DDP" in figures["sharding_note"]
@@ -137,12 +137,12 @@ def test_cli_prints_every_part_and_json(config_file):
     (["--model_name_or_path", "chatglm2-6b", "--per_device_train_batch_size", "0"], "per_device_train_batch_size"),
 ])
 def test_cli_bad_input_is_one_line(flags, message):
-    out = subprocess.run([sys.executable, "-m", "glm2.memory", *flags], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "chatglm.memory", *flags], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_training_stops_when_the_estimate_exceeds_the_free_gpu_memory(config_file, monkeypatch):
-    from glm2.memory import _parser, check_before_training
+    from chatglm.memory import _parser, check_before_training
 
     model_args, data_args, training_args = _parser().parse_args_into_dataclasses(args=[
         "--model_name_or_path", config_file, "--train_file", "x.json", "--output_dir", "/tmp/unused",

@@ -2,7 +2,7 @@
 import io
 import logging
 
-from glm2.progress import Progress
+from chatglm.progress import Progress
 
 
 class FakeTerminal(io.StringIO):
@@ -27,7 +27,7 @@ def test_terminal_gets_a_bar_with_rate_and_time_left():
 
 def test_a_pipe_gets_log_lines_with_rate_and_time_left(caplog):
     pipe = Pipe()
-    with caplog.at_level(logging.INFO, logger="glm2.progress"):
+    with caplog.at_level(logging.INFO, logger="chatglm.progress"):
         with Progress(10, "building", unit="steps", stream=pipe, every_s=0) as p:
             for _ in range(10):
                 p.update(1, loss=2.5)
@@ -40,7 +40,7 @@ def test_a_pipe_gets_log_lines_with_rate_and_time_left(caplog):
 
 
 def test_log_lines_are_spaced_in_time(caplog):
-    with caplog.at_level(logging.INFO, logger="glm2.progress"):
+    with caplog.at_level(logging.INFO, logger="chatglm.progress"):
         with Progress(1000, "predict", stream=Pipe(), every_s=3600) as p:
             for _ in range(1000):
                 p.update(1)
@@ -49,7 +49,7 @@ def test_log_lines_are_spaced_in_time(caplog):
 
 def test_disabled_progress_says_nothing(caplog):
     term = FakeTerminal()
-    with caplog.at_level(logging.INFO, logger="glm2.progress"):
+    with caplog.at_level(logging.INFO, logger="chatglm.progress"):
         with Progress(5, "predict", enabled=False, stream=term, every_s=0) as p:
             p.update(5)
     assert term.getvalue() == "" and not caplog.records

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import GOLDEN, ROOT, run_main
-from glm2.checkpoint import save_chatglm
-from glm2.convert import glm_to_chatglm
-from glm2.model import ChatGLM2
-from glm2.prefix import CHECKPOINT_PREFIX
-from glm2.quantization import QuantizedLinear, dequantize, quantize
+from chatglm.checkpoint import save_chatglm
+from chatglm.convert import glm_to_chatglm
+from chatglm.model import ChatGLM
+from chatglm.prefix import CHECKPOINT_PREFIX
+from chatglm.quantization import QuantizedLinear, dequantize, quantize
 
 BOUNDS = {8: 0.03, 4: 0.35}
 
@@ -40,8 +40,8 @@ def test_int4_packing_covers_every_value_in_both_nibbles():
 
 
 def logits_error(model_dir, bits, prompts):
-    ref = ChatGLM2.from_pretrained(model_dir).eval()
-    quant = ChatGLM2.from_pretrained(model_dir, quantization_bit=bits).eval()
+    ref = ChatGLM.from_pretrained(model_dir).eval()
+    quant = ChatGLM.from_pretrained(model_dir, quantization_bit=bits).eval()
     rel, agree = [], []
     with torch.no_grad():
         for ids in prompts:
@@ -53,7 +53,7 @@ def logits_error(model_dir, bits, prompts):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_logits_stay_near_fp32(tiny_model, bits):
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.tokenizer import ChatGLMTokenizer
 
     tok = ChatGLMTokenizer.from_pretrained(tiny_model)
     with open(os.path.join(ROOT, "PromptCBLUE", "dev.json"), encoding="utf-8") as f:
@@ -86,14 +86,14 @@ def test_quantized_ptuning_learns_and_saves_a_portable_prefix(tiny_model, tmp_pa
     assert sum(log[-3:]) / 3 < sum(log[:3]) / 3 - 0.5
     state = torch.load(tmp_path / "checkpoint-40" / "pytorch_model.bin", weights_only=True)
     assert list(state) == [CHECKPOINT_PREFIX + "embedding.weight"] and state[list(state)[0]].dtype == torch.float32
-    fp32 = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
+    fp32 = ChatGLM.from_pretrained(tiny_model, pre_seq_len=8)
     fp32.load_prefix(str(tmp_path / "checkpoint-40"))  # an unquantized model takes it as is
     assert not any(isinstance(m, QuantizedLinear) for m in fp32.modules())
 
 
 def test_prequantized_int4_folder_loads(tiny_model, tmp_path):
     """A folder in the chatglm2-6b-int4 layout: fused int8-packed weights plus `weight_scale`."""
-    fp = ChatGLM2.from_pretrained(tiny_model)
+    fp = ChatGLM.from_pretrained(tiny_model)
     state = glm_to_chatglm({k: v.detach() for k, v in fp.base.state_dict().items()}, fp.config)
     for name in [k for k in state if k.endswith((".query_key_value.weight", ".dense.weight",
                                                     ".dense_h_to_4h.weight", ".dense_4h_to_h.weight"))]:
@@ -102,10 +102,10 @@ def test_prequantized_int4_folder_loads(tiny_model, tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")
     cfg = json.load(open(tmp_path / "config.json"))
     json.dump(dict(cfg, quantization_bit=4), open(tmp_path / "config.json", "w"))
-    pre = ChatGLM2.from_pretrained(str(tmp_path)).eval()
-    on_load = ChatGLM2.from_pretrained(tiny_model, quantization_bit=4).eval()
+    pre = ChatGLM.from_pretrained(str(tmp_path)).eval()
+    on_load = ChatGLM.from_pretrained(tiny_model, quantization_bit=4).eval()
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         assert torch.allclose(pre(ids).logits, on_load(ids).logits, atol=1e-5)
     with pytest.raises(ValueError, match="quantized to 4 bits"):
-        ChatGLM2.from_pretrained(str(tmp_path), quantization_bit=8)
+        ChatGLM.from_pretrained(str(tmp_path), quantization_bit=8)

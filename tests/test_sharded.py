@@ -71,7 +71,7 @@ def test_fsdp_checkpoint_holds_engine_shards_and_a_gathered_chatglm2_folder(fsdp
     assert (tmp_path / "a" / "generated_predictions.txt").read_text() == \
         (tmp_path / "b" / "generated_predictions.txt").read_text()
     # and the export tool takes it as it takes any chatglm2 folder
-    export = subprocess.run([sys.executable, "-m", "glm2.export", "--model_name_or_path", str(ckpt), "--output_dir",
+    export = subprocess.run([sys.executable, "-m", "chatglm.export", "--model_name_or_path", str(ckpt), "--output_dir",
                              str(tmp_path / "hf")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-2000:]
     assert json.load(open(tmp_path / "hf" / "config.json"))["model_type"] == "glm"

@@ -12,10 +12,10 @@ DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model, tiny_checkpoint):
-    from glm2.model import ChatGLM2
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.model import ChatGLM
+    from chatglm.tokenizer import ChatGLMTokenizer
 
-    model = ChatGLM2.from_pretrained(tiny_model, ptuning_checkpoint=tiny_checkpoint)
+    model = ChatGLM.from_pretrained(tiny_model, ptuning_checkpoint=tiny_checkpoint)
     return model, ChatGLMTokenizer.from_pretrained(tiny_model)
 
 
@@ -27,7 +27,7 @@ def _prompts(tok, n):
 
 
 def test_streamed_text_grows_to_exactly_what_generate_gives(loaded):
-    from glm2.generation import GenerationSettings, generate, stream_text
+    from chatglm.generation import GenerationSettings, generate, stream_text
 
     model, tok = loaded
     prompts = _prompts(tok, 4)
@@ -45,8 +45,8 @@ def test_streamed_text_grows_to_exactly_what_generate_gives(loaded):
 
 
 def test_side_by_side_interleaves_base_and_tuned(loaded):
-    from glm2.generation import GenerationSettings, generate, side_by_side
-    from glm2.model import base_only
+    from chatglm.generation import GenerationSettings, generate, side_by_side
+    from chatglm.model import base_only
 
     model, tok = loaded
     prompt = _prompts(tok, 1)[0]
@@ -63,7 +63,7 @@ def test_side_by_side_interleaves_base_and_tuned(loaded):
 
 
 def test_sampling_streams_the_same_answer_as_generate(loaded):
-    from glm2.generation import GenerationSettings, generate, stream_text
+    from chatglm.generation import GenerationSettings, generate, stream_text
 
     model, tok = loaded
     prompts = _prompts(tok, 2)
@@ -111,7 +111,7 @@ def test_per_sample_official_score():
 
 
 def test_demo_scores_only_an_unedited_example():
-    from glm2.web_app import score_lines
+    from chatglm.web_app import score_lines
 
     rec = {"input": "p", "target": "相同", "task_dataset": "CHIP-STS"}
     scorer = lambda r, a: ("f1", float(a == r["target"]))

@@ -3,8 +3,8 @@ import json
 import os
 
 from conftest import ROOT, SHARED_DATA, needs_shared_data
-from glm2.checkpoint import read_config
-from glm2.tiny import build_recipe, is_built
+from chatglm.checkpoint import read_config
+from chatglm.tiny import build_recipe, is_built
 
 TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
 CHAT = os.path.join(ROOT, "PromptCBLUE", "chat.json")
@@ -29,7 +29,7 @@ def test_the_build_shows_its_progress(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "glm2.tiny", "--train_file", TRAIN, "--out", str(tmp_path / "m"),
+    proc = subprocess.run([sys.executable, "-m", "chatglm.tiny", "--train_file", TRAIN, "--out", str(tmp_path / "m"),
                            "--pretrain_steps", "6", "--chat_file", CHAT, "--chat_steps", "3"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env=dict(os.environ, GLM2_PROGRESS_SECONDS="0"))
     assert proc.returncode == 0, proc.stderr
@@ -51,7 +51,7 @@ def test_tokenizer_grows_for_files_with_many_characters(tmp_path):
     vocabulary grows instead of sentencepiece failing; the sample data's stays 2000."""
     import sentencepiece as spm
 
-    from glm2.tiny import train_tokenizer
+    from chatglm.tiny import train_tokenizer
 
     real = os.path.join(SHARED_DATA, "train.json")
     train_tokenizer(real, str(tmp_path / "real.model"))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import GOLDEN, ROOT, logged_losses as losses, needs_golden, run_main, tiny_train_args
-from glm2.model import ChatGLM2
-from glm2.prefix import CHECKPOINT_PREFIX
+from chatglm.model import ChatGLM
+from chatglm.prefix import CHECKPOINT_PREFIX
 
 TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
 
@@ -47,7 +47,7 @@ def test_prefix_projection_checkpoint_names(tiny_model, tmp_path):
     state = torch.load(tmp_path / "checkpoint-1" / "pytorch_model.bin", weights_only=True)
     assert sorted(state) == sorted(CHECKPOINT_PREFIX + k for k in (
         "embedding.weight", "trans.0.weight", "trans.0.bias", "trans.2.weight", "trans.2.bias"))
-    m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8, prefix_projection=True)
+    m = ChatGLM.from_pretrained(tiny_model, pre_seq_len=8, prefix_projection=True)
     m.load_prefix(str(tmp_path / "checkpoint-1"))  # and it loads back
 
 
@@ -72,7 +72,7 @@ def test_resume_continues_exactly(tiny_model, tmp_path):
 
 @needs_golden
 def test_original_checkpoint_round_trips(tmp_path):
-    m = ChatGLM2.from_pretrained(os.path.join(GOLDEN, "model"), pre_seq_len=8)
+    m = ChatGLM.from_pretrained(os.path.join(GOLDEN, "model"), pre_seq_len=8)
     m.load_prefix(os.path.join(GOLDEN, "ptuning-checkpoint-20"))
     m.save_prefix(str(tmp_path))
     ours = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
@@ -82,9 +82,9 @@ def test_original_checkpoint_round_trips(tmp_path):
 
 
 def test_wrong_prefix_length_is_a_clear_error(tiny_model, tmp_path):
-    m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=8)
+    m = ChatGLM.from_pretrained(tiny_model, pre_seq_len=8)
     m.save_prefix(str(tmp_path))
-    other = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=4)
+    other = ChatGLM.from_pretrained(tiny_model, pre_seq_len=4)
     with pytest.raises(ValueError, match="pre_seq_len"):
         other.load_prefix(str(tmp_path))
 
@@ -94,8 +94,8 @@ def test_base_only_the_whole_model_is_fine_tuned_and_saved(tiny_model, tmp_path)
             "--max_source_length", "64", "--max_target_length", "32", "--per_device_train_batch_size", "4",
             "--learning_rate", "1e-3", "--max_steps", "2", "--save_steps", "2", "--report_to", "none"]
     run_main(args + ["--overwrite_output_dir"])
-    tuned = ChatGLM2.from_pretrained(str(tmp_path / "checkpoint-2"))  # a complete chatglm2 folder
-    before = ChatGLM2.from_pretrained(tiny_model)
+    tuned = ChatGLM.from_pretrained(str(tmp_path / "checkpoint-2"))  # a complete chatglm2 folder
+    before = ChatGLM.from_pretrained(tiny_model)
     w0, w1 = before.base.lm_head.weight, tuned.base.lm_head.weight
     assert w0.shape == w1.shape and not torch.equal(w0, w1)
     proc = run_main(args[:-4] + ["--max_steps", "3", "--save_steps", "3", "--report_to", "none"])
@@ -122,9 +122,9 @@ def test_the_original_command_line_runs_unchanged(tiny_model, tmp_path):
 def test_prefix_from_training_rows_holds_their_keys_and_values(tiny_model):
     """--prefix_init train_rows: each layer's prefix is exactly the key/value cache the base
     model builds for those tokens (the original's N(0, 1) prefix is the default)."""
-    from glm2.prefix import init_from_activations
+    from chatglm.prefix import init_from_activations
 
-    m = ChatGLM2.from_pretrained(tiny_model, pre_seq_len=6).eval()
+    m = ChatGLM.from_pretrained(tiny_model, pre_seq_len=6).eval()
     ids = list(range(10, 20))
     init_from_activations(m.prefix_encoder, m.base, ids)
     cache = m.base(input_ids=torch.tensor([ids[:6]]), use_cache=True).past_key_values

@@ -77,11 +77,11 @@ def _expected_answers(model_dir, checkpoint, record):
     (constrained to the example's options, the page's default)."""
     from cblue.answer_grammar import grammar_for_prompt
     from cblue.features import prompt_ids
-    from glm2.generation import GenerationSettings, constraint_for, generate
-    from glm2.model import ChatGLM2, base_only
-    from glm2.tokenizer import ChatGLMTokenizer
+    from chatglm.generation import GenerationSettings, constraint_for, generate
+    from chatglm.model import ChatGLM, base_only
+    from chatglm.tokenizer import ChatGLMTokenizer
 
-    model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
+    model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
     tok = ChatGLMTokenizer.from_pretrained(model_dir)
     ids = prompt_ids(tok, record["input"], None, 700, "left")[0]
     settings = GenerationSettings(max_new_tokens=128)

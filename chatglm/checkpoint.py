@@ -225,7 +225,7 @@ def run_checkpoint(path: str) -> str | None:
     return best_checkpoint(path) or last_complete_checkpoint(path)
 
 
-if __name__ == "__main__":  # evaluate.sh: `python -m glm2.checkpoint output/RUN` -> the checkpoint it takes
+if __name__ == "__main__":  # evaluate.sh: `python -m chatglm.checkpoint output/RUN` -> the checkpoint it takes
     import sys
 
     found = run_checkpoint(sys.argv[1]) if len(sys.argv) == 2 else None

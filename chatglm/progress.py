@@ -14,7 +14,7 @@ import time
 
 from tqdm.auto import tqdm
 
-logger = logging.getLogger("glm2.progress")
+logger = logging.getLogger("chatglm.progress")
 
 
 def _duration(seconds: float) -> str:

@@ -32,7 +32,7 @@ _ORIGINAL_KEY = re.compile(r"^(?:transformer\.)?encoder\.layers\.(\d+)\.(.+)\.(l
 
 
 def is_adapter_dir(path: str) -> bool:
-    """A PEFT LoRA adapter (PEFT's prefix tuning, GLM-4's P-tuning v2, is a prefix: glm2/prefix.py)."""
+    """A PEFT LoRA adapter (PEFT's prefix tuning, GLM-4's P-tuning v2, is a prefix: chatglm/prefix.py)."""
     return os.path.isfile(os.path.join(path, ADAPTER_CONFIG)) and peft_type(path) != "PREFIX_TUNING"
 
 
@@ -55,7 +55,7 @@ def target_modules(spec: str | None) -> list[str]:
     for name in (n.strip() for n in spec.split(",") if n.strip()):
         mapped = ORIGINAL_TARGETS.get(name) or ((name,) if name in OUR_TARGETS else None)
         if mapped is None:
-            raise ValueError(f"--lora_target {name!r} is not a linear layer of ChatGLM2; use any of "
+            raise ValueError(f"--lora_target {name!r} is not a linear layer of ChatGLM; use any of "
                              f"{', '.join(OUR_TARGETS)} or the original's {', '.join(ORIGINAL_TARGETS)}")
         out.extend(m for m in mapped if m not in out)
     return out
@@ -134,7 +134,7 @@ def read_adapter(ckpt_dir: str, glm_config) -> tuple[dict, dict[str, torch.Tenso
         layer, module, ab = m.groups()
         ours = _ORIGINAL_MODULE.get(module)
         if ours is None:
-            raise ValueError(f"{ckpt_dir}: adapter tensor {key!r} targets {module!r}, not a linear layer of ChatGLM2")
+            raise ValueError(f"{ckpt_dir}: adapter tensor {key!r} targets {module!r}, not a linear layer of ChatGLM")
         prefix = f"model.layers.{layer}."
         if ours != "self_attn.qkv":
             tensors[f"{prefix}{ours}.{ab}.weight"] = tensor

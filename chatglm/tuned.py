@@ -9,7 +9,7 @@ import torch
 from transformers.hf_argparser import string_to_bool  # what main.py's flags accept
 
 from .checkpoint import is_complete_checkpoint, run_checkpoint
-from .model import ChatGLM2, checkpoint_kind
+from .model import ChatGLM, checkpoint_kind
 from .tokenizer import ChatGLMTokenizer
 
 EMBEDDED_MODEL = "output/tiny-chatglm2"
@@ -41,7 +41,7 @@ def newest_checkpoint(model_dir: str, output_root: str = "output") -> str | None
 
 
 def load_tuned(model_dir: str, checkpoint: str | None,
-               quantization_bit: int | None = None) -> tuple[ChatGLM2, ChatGLMTokenizer, str]:
+               quantization_bit: int | None = None) -> tuple[ChatGLM, ChatGLMTokenizer, str]:
     """(model with the checkpoint's prefix or LoRA adapter, tokenizer, checkpoint path), fp16 on
     CUDA, fp32 on a CPU. `checkpoint` may be a run's output folder: its best checkpoint when the
     run recorded one, else its newest complete one."""
@@ -58,7 +58,7 @@ def load_tuned(model_dir: str, checkpoint: str | None,
         raise ValueError(f"{checkpoint} is a whole fine-tuned model: the base-vs-tuned view needs a prefix or a "
                          "LoRA adapter on the same weights; evaluate it with --model_name_or_path instead")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint, device=device,
+    model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=checkpoint, device=device,
                                      dtype=torch.float16 if device == "cuda" else torch.float32,
                                      quantization_bit=quantization_bit)
     return model, ChatGLMTokenizer.from_pretrained(model_dir), checkpoint

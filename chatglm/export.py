@@ -2,8 +2,8 @@
 transformers-native folder that AutoModelForCausalLM, AutoTokenizer and vLLM load with no
 remote code: the layout of THUDM's glm-4-9b-chat-hf.
 
-    python -m glm2.export --model_name_or_path /path/to/chatglm2-6b --output_dir out/chatglm2-hf
-    python -m glm2.export --model_name_or_path output/tiny-chatglm2 \
+    python -m chatglm.export --model_name_or_path /path/to/chatglm2-6b --output_dir out/chatglm2-hf
+    python -m chatglm.export --model_name_or_path output/tiny-chatglm2 \
         --checkpoint output/tiny-chatglm2-lora-8-2e-3/checkpoint-1600 --output_dir out/tuned-hf
 
 Writes `config.json` (model_type glm), sharded `model*.safetensors`, `generation_config.json`,
@@ -26,12 +26,12 @@ import torch
 
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora
 from .checkpoint import run_checkpoint
-from .model import ChatGLM2, checkpoint_kind
+from .model import ChatGLM, checkpoint_kind
 from .tokenizer import ChatGLMTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-# ChatGLM2's prompt (glm2/tokenizer.build_prompt) as a chat template: `[gMASK]sop`, then each
+# ChatGLM2's prompt (chatglm/tokenizer.build_prompt) as a chat template: `[gMASK]sop`, then each
 # exchange as `[Round i]\n\n问：…\n\n答：…\n\n`, the last one open.
 ROUNDS_TEMPLATE = (
     "[gMASK]sop"
@@ -157,7 +157,7 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
     if checkpoint:  # a run folder: its best checkpoint when recorded, else its newest
         checkpoint = run_checkpoint(checkpoint) or checkpoint
     kind = checkpoint_kind(checkpoint) if checkpoint else None
-    model = ChatGLM2.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
+    model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
     tokenizer = load_tokenizer(model_dir)
     base = model.base
     note = None
@@ -167,7 +167,7 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
     elif kind == "lora" and merge:
         merge_lora(base)
     elif kind == "lora":
-        base = ChatGLM2.from_pretrained(model_dir).base  # the base alone; the adapter goes beside it
+        base = ChatGLM.from_pretrained(model_dir).base  # the base alone; the adapter goes beside it
     base.config.use_cache = True
     if dtype is not None:
         base.to(dtype)
@@ -191,7 +191,7 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m glm2.export", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m chatglm.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_name_or_path", required=True, help="a chatglm2 folder (original layout)")
     ap.add_argument("--checkpoint", help="a LoRA adapter to merge, or a full fine-tune checkpoint (or a prefix: "
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     result = export(args.model_name_or_path, args.output_dir, args.checkpoint, not args.no_merge,
                     getattr(torch, args.dtype) if args.dtype else None, args.max_shard_size)
     if result["note"]:
-        print(f"glm2.export: {result['note']}", file=sys.stderr)
+        print(f"chatglm.export: {result['note']}", file=sys.stderr)
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
@@ -215,4 +215,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from .cli import run_cli
 
-    run_cli(main, "python -m glm2.export")
+    run_cli(main, "python -m chatglm.export")

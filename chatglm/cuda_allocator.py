@@ -5,7 +5,7 @@ tensors: a freed block stays cached in its segment, and is reused only by a requ
 so a step that allocates a 1.6 GB tensor after freeing two 0.8 GB ones reserves all three. The
 rules below are those of c10/cuda/CUDACachingAllocator.cpp with its default settings (no
 max_split_size, no expandable segments, one stream), replayed over the allocation and free
-events glm2.memory records on fake tensors; nothing here touches a GPU.
+events chatglm.memory records on fake tensors; nothing here touches a GPU.
 
 - sizes round up to 512 bytes; requests up to 1 MiB come from 2 MiB segments (the small pool);
   larger ones from 20 MiB segments below 10 MiB, else from a segment of their size rounded up

@@ -43,7 +43,7 @@ def glm_config_from_chatglm(cfg: dict) -> GlmConfig:
     for flag, want in (("rmsnorm", True), ("add_bias_linear", False), ("add_qkv_bias", True),
                        ("apply_residual_connection_post_layernorm", False), ("post_layer_norm", True)):
         if cfg.get(flag, want) != want:
-            raise ValueError(f"config.json: {flag}={cfg.get(flag)!r} is not a ChatGLM2 architecture")
+            raise ValueError(f"config.json: {flag}={cfg.get(flag)!r} is not a ChatGLM architecture")
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("kv_channels") or cfg["hidden_size"] // heads
     groups = cfg["multi_query_group_num"] if cfg.get("multi_query_attention", False) else heads

@@ -22,7 +22,7 @@ from transformers.generation.logits_process import (
 
 from .constraint import BatchConstraint
 from .decode import StaticDecoder
-from .model import ChatGLM2, positions_from_mask
+from .model import ChatGLM, positions_from_mask
 
 
 @dataclass
@@ -35,7 +35,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     num_beams: int = 1
     seed: int = 42
-    compiled: bool = False  # torch.compile the decode step (CUDA graphs on CUDA); see glm2/decode.py
+    compiled: bool = False  # torch.compile the decode step (CUDA graphs on CUDA); see chatglm/decode.py
 
     def processors(self) -> LogitsProcessorList:
         procs = LogitsProcessorList()
@@ -65,10 +65,10 @@ class _Stepper:
     """Feeds a batch through the model, one token per row per step.
 
     The prompt goes through the model once (prefix in front, KV cache filled); every later
-    token goes through `StaticDecoder`, which writes the cache in place (glm2/decode.py).
+    token goes through `StaticDecoder`, which writes the cache in place (chatglm/decode.py).
     """
 
-    def __init__(self, model: ChatGLM2, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+    def __init__(self, model: ChatGLM, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
                  compiled: bool = False):
         cache = model.past_for(ids.shape[0], growing=True)
         full_mask = model.extend_mask(mask)
@@ -88,7 +88,7 @@ class _Stepper:
         self.logits = self.logits[index]
 
 
-def constraint_for(model: ChatGLM2, tokenizer, grammars) -> BatchConstraint | None:
+def constraint_for(model: ChatGLM, tokenizer, grammars) -> BatchConstraint | None:
     """The decoding constraint of a batch: one grammar text per prompt (None: free text), or
     None when no prompt has one. What the grammars say is the caller's business (for
     PromptCBLUE: cblue/answer_grammar.py)."""
@@ -100,7 +100,7 @@ def _stops(eos_token_id) -> frozenset:
     return frozenset([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
 
 
-def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
+def generate(model: ChatGLM, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
              pad_token_id: int, constraint: BatchConstraint | None = None) -> list[list[int]]:
     """New token ids for each prompt, without the stop token that ended it. `eos_token_id`: one
     id or several (ChatGLM3 and GLM-4 chats also stop at the next turn's role token)."""
@@ -112,13 +112,13 @@ def generate(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSett
 
 
 @torch.inference_mode()
-def stream_tokens(model: ChatGLM2, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
+def stream_tokens(model: ChatGLM, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
                   pad_token_id: int, constraint: BatchConstraint | None = None) -> Iterator[list[tuple[int, int]]]:
     """Generation as it happens: per step, (prompt index, new token) for every row still
     generating. The prefix in use is the one the model holds at the first step (the prompt
     pass puts it in the cache), so a base and a tuned stream can be interleaved. With a
     constraint, a row's tokens come out only where its grammar accepts the text so far
-    (several at once after a held-back stretch; glm2/constraint.py)."""
+    (several at once after a held-back stretch; chatglm/constraint.py)."""
     was_training = model.training
     model.eval()  # no prefix dropout while generating
     try:
@@ -132,7 +132,7 @@ def stream_tokens(model: ChatGLM2, prompts: list[list[int]], settings: Generatio
         model.train(was_training)
 
 
-def stream_text(model: ChatGLM2, tokenizer, prompts: list[list[int]], settings: GenerationSettings,
+def stream_text(model: ChatGLM, tokenizer, prompts: list[list[int]], settings: GenerationSettings,
                 grammars=None) -> Iterator[list[str]]:
     """Each prompt's answer so far, as text, after every step (what a demo shows while it
     types). A character whose bytes are not all generated yet is held back, not shown as \ufffd.
@@ -194,7 +194,7 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constrai
         logits = stepper.step(tokens)
 
 
-def _beam_search(model: ChatGLM2, prompt: list[int], settings: GenerationSettings, eos_token_id,
+def _beam_search(model: ChatGLM, prompt: list[int], settings: GenerationSettings, eos_token_id,
                  constraint: BatchConstraint | None = None) -> list[int]:
     """Beam search for one prompt (length-normalised log-probability, like transformers').
     `constraint`: one row per beam; a beam cut off by the budget ends at its last point the
@@ -264,7 +264,7 @@ def _valid_end(tokens: list[int], constraint: BatchConstraint | None, beam: int)
 NO_ANSWER = "(no answer: the model stopped at once, its first token was the end)"
 
 
-def side_by_side(model: ChatGLM2, tokenizer, prompt: list[int], settings: GenerationSettings,
+def side_by_side(model: ChatGLM, tokenizer, prompt: list[int], settings: GenerationSettings,
                  grammar: str | None = None) -> Iterator[tuple[str, str]]:
     """(base answer so far, tuned answer so far) for one prompt, both streamed together: the
     base is the same loaded weights with the prefix set aside for its prompt pass. `grammar`

@@ -1,6 +1,6 @@
 """The ChatGLM family as data: what differs between ChatGLM2-6B, ChatGLM3-6B and GLM-4-9B.
 
-All three are one architecture (glm2/convert.py maps each folder onto transformers' Glm); they
+All three are one architecture (chatglm/convert.py maps each folder onto transformers' Glm); they
 differ in sizes and RoPE scale (config.json, read as is), and in what this table holds: the
 tokenizer's format and special tokens, the prompt their chat builds, the token that closes a
 training row and the tokens a chat stops at, and how their hub tokenizer decodes. Everything

@@ -1,5 +1,5 @@
-"""ChatGLM2 with what tunes it: a frozen GlmForCausalLM plus a P-tuning v2 PrefixEncoder, or
-PEFT LoRA adapters in its linear layers (glm2/lora.py), or nothing (full fine-tuning).
+"""ChatGLM (ChatGLM2, ChatGLM3, GLM-4) with what tunes it: a frozen GlmForCausalLM plus a P-tuning v2 PrefixEncoder, or
+PEFT LoRA adapters in its linear layers (chatglm/lora.py), or nothing (full fine-tuning).
 
 Like a PEFT adapter, the prefix is its own module and the only thing trained or saved; the
 base model is loaded once and never modified. Positions of real tokens start at 0 whatever
@@ -30,7 +30,7 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-class ChatGLM2(nn.Module):
+class ChatGLM(nn.Module):
     """The model main.py trains and evaluates: `base` (frozen) + optional `prefix_encoder`."""
 
     main_input_name = "input_ids"
@@ -49,7 +49,7 @@ class ChatGLM2(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str, pre_seq_len: int | None = None, prefix_projection: bool = False,
                         dtype: torch.dtype = torch.float32, device="cpu", seed: int | None = None,
-                        quantization_bit: int | None = None, ptuning_checkpoint: str | None = None) -> "ChatGLM2":
+                        quantization_bit: int | None = None, ptuning_checkpoint: str | None = None) -> "ChatGLM":
         """The base model of `model_dir`, plus what `ptuning_checkpoint` holds: a prefix (ours or
         the original's, whose tensors then fix its shape), a LoRA adapter (ours, PEFT's, or one
         trained on the original code), or a whole fine-tuned model (then loaded instead of
@@ -182,7 +182,7 @@ class ChatGLM2(nn.Module):
         if state_dict is not None:
             base_state = {k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}
         save_chatglm(self.base, ckpt_dir, state_dict=base_state)
-        # The tokenizer files, which tell the family (glm2/family.py) of the folder written.
+        # The tokenizer files, which tell the family (chatglm/family.py) of the folder written.
         for name in ("tokenizer.model", "tokenizer_config.json", "generation_config.json", "tokenization_chatglm.py"):
             if self.model_dir and os.path.exists(os.path.join(self.model_dir, name)):
                 shutil.copyfile(os.path.join(self.model_dir, name), os.path.join(ckpt_dir, name))
@@ -214,7 +214,7 @@ class base_only:
     """`with base_only(model):` runs the base model alone: the prefix is set aside (not freed)
     and LoRA adapters are switched off, so a before/after comparison loads the 6B weights once."""
 
-    def __init__(self, model: ChatGLM2):
+    def __init__(self, model: ChatGLM):
         self.model, self.saved = model, None
 
     def __enter__(self):

@@ -1,5 +1,5 @@
 """The ChatGLM tokenizers, rebuilt without the hub's remote code: sentencepiece (ChatGLM2,
-ChatGLM3) here, tiktoken (GLM-4) in glm2/tiktoken_tokenizer.py, the prompts of each family's
+ChatGLM3) here, tiktoken (GLM-4) in chatglm/tiktoken_tokenizer.py, the prompts of each family's
 chat in `ChatFormat`, which both share.
 
 The ChatGLM2 hub tokenizer (tokenization_chatglm.py) subclasses the slow HF tokenizer, which

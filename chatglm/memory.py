@@ -1,6 +1,6 @@
 """The peak accelerator memory a run needs, before it starts, for any settings.
 
-    python -m glm2.memory --model_name_or_path DIR [main.py's flags: --pre_seq_len 128
+    python -m chatglm.memory --model_name_or_path DIR [main.py's flags: --pre_seq_len 128
         --per_device_train_batch_size 32 --max_source_length 64 --max_target_length 128 --fp16
         --quantization_bit 4 --lora_rank 8 --gradient_checkpointing ...] [--num_gpus 4 --sharding zero3]
 
@@ -118,10 +118,10 @@ def glm_config(model: str):
 
 
 def _fake_run_model_class():
-    from .model import ChatGLM2
+    from .model import ChatGLM
 
-    class FakeRunModel(ChatGLM2):
-        """ChatGLM2 with one change: the answer positions are selected by a fixed index instead of
+    class FakeRunModel(ChatGLM):
+        """ChatGLM with one change: the answer positions are selected by a fixed index instead of
         the mask `labels != -100`, whose size fake tensors cannot know (it depends on the data).
         Same rows, same copy and the same scatter in backward, so the same bytes."""
         answer_positions = 0
@@ -189,7 +189,7 @@ def _whole_peak_tracker():
     class WholePeakTracker(MemTracker):
         """MemTracker keeping the whole process's peak only (its per-module peaks walk every
         module at every operation, minutes for a 6B step), and the order in which storages
-        come and go (`events`, for glm2.cuda_allocator)."""
+        come and go (`events`, for chatglm.cuda_allocator)."""
 
         def __init__(self):
             super().__init__()
@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     if not any(a.split("=")[0] in ("--train_file", "--validation_file", "--test_file") for a in rest):
         rest += ["--train_file", "unused.json"]  # main.py's arguments want a data file; none is read here
     model_args, data_args, training_args, _ = _parser().parse_args_into_dataclasses(
-        args=rest + ["--output_dir", "/tmp/glm2-memory-unused"], return_remaining_strings=True)
+        args=rest + ["--output_dir", "/tmp/chatglm-memory-unused"], return_remaining_strings=True)
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a chatglm2 folder, its config.json, or a shape name)")
     from arguments import check_training_numbers
@@ -532,4 +532,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     from .cli import run_cli
 
-    run_cli(main, "glm2.memory")
+    run_cli(main, "chatglm.memory")
