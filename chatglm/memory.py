@@ -32,11 +32,16 @@ GIB = 2 ** 30
 # their workspaces, as nvidia-smi shows it next to the allocator's memory (a few hundred MB on
 # V100/A100 with torch 2; measured by bench/gpu_check.sh when a GPU is lent).
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)
-SHAPES = {  # configs of models nobody has to download to ask (chatglm2 config.json fields)
-    "chatglm2-6b": dict(model_type="chatglm", num_layers=28, hidden_size=4096, num_attention_heads=32,
-                        kv_channels=128, multi_query_attention=True, multi_query_group_num=2,
-                        ffn_hidden_size=13696, padded_vocab_size=65024, layernorm_epsilon=1e-5,
-                        seq_length=32768, eos_token_id=2, pad_token_id=0),
+_CHATGLM2_6B = dict(model_type="chatglm", num_layers=28, hidden_size=4096, num_attention_heads=32,
+                   kv_channels=128, multi_query_attention=True, multi_query_group_num=2,
+                   ffn_hidden_size=13696, padded_vocab_size=65024, layernorm_epsilon=1e-5,
+                   seq_length=32768, eos_token_id=2, pad_token_id=0)
+SHAPES = {  # configs of models nobody has to download to ask (their hub config.json fields)
+    "chatglm2-6b": _CHATGLM2_6B,
+    "chatglm3-6b": {**_CHATGLM2_6B, "seq_length": 8192},  # same sizes; -32k: rope_ratio 50
+    "glm-4-9b": {**_CHATGLM2_6B, "num_layers": 40, "padded_vocab_size": 151552, "layernorm_epsilon": 1.5625e-07,
+                 "rope_ratio": 500, "seq_length": 131072, "eos_token_id": [151329, 151336, 151338],
+                 "pad_token_id": 151329},
 }
 
 
@@ -103,7 +108,7 @@ class MemoryEstimate:
 
 
 def glm_config(model: str):
-    """A GlmConfig from a chatglm2 folder, its config.json, or a name in SHAPES."""
+    """A GlmConfig from a ChatGLM folder, its config.json, or a name in SHAPES."""
     from .convert import glm_config_from_chatglm
 
     if model in SHAPES:
@@ -111,7 +116,7 @@ def glm_config(model: str):
     else:
         path = os.path.join(model, "config.json") if os.path.isdir(model) else model
         if not os.path.isfile(path):
-            raise ValueError(f"{model}: neither a chatglm2 folder, its config.json, nor one of {sorted(SHAPES)}")
+            raise ValueError(f"{model}: neither a ChatGLM folder, its config.json, nor one of {sorted(SHAPES)}")
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     return glm_config_from_chatglm(raw)
@@ -499,7 +504,7 @@ def _parser():
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description="The peak accelerator memory of a run, by part, from its main.py flags (others are ignored).",
-        epilog="--model_name_or_path takes a chatglm2 folder, its config.json, or " + ", ".join(SHAPES))
+        epilog="--model_name_or_path takes a ChatGLM folder, its config.json, or " + ", ".join(SHAPES))
     ap.add_argument("--num_gpus", type=int, default=1, help="processes (DDP, or the shards of FSDP / ZeRO)")
     ap.add_argument("--sharding", choices=["none", "fsdp", "zero2", "zero3"], default=None,
                     help="default: from --fsdp / --deepspeed")
