@@ -1,6 +1,7 @@
-"""Name and shape mapping between an original THUDM chatglm2 checkpoint and transformers' Glm.
+"""Name and shape mapping between an original THUDM ChatGLM checkpoint (chatglm2-6b,
+chatglm3-6b, glm-4-9b: one layout) and transformers' Glm.
 
-ChatGLM2 and GLM-4 share one architecture (RMSNorm, grouped KV heads, interleaved rotary on
+ChatGLM2, ChatGLM3 and GLM-4 share one architecture (RMSNorm, grouped KV heads, interleaved rotary on
 half of each head, SwiGLU with a fused gate/up matrix, bias on qkv only), so the original
 weights run on `GlmForCausalLM` after two changes: names, and the fused `query_key_value`
 matrix split into q/k/v. Both directions live here, as data, so the loader and the writer
@@ -39,7 +40,9 @@ _QKV = "self_attention.query_key_value."
 def glm_config_from_chatglm(cfg: dict) -> GlmConfig:
     """A GlmConfig equal in behaviour to an original chatglm2 config.json."""
     if cfg.get("model_type") != "chatglm":
-        raise ValueError(f"model_type is {cfg.get('model_type')!r}, expected 'chatglm' (a THUDM chatglm2 folder)")
+        hint = " (a transformers-native folder: use THUDM's original one)" if cfg.get("model_type") == "glm" else ""
+        raise ValueError(f"model_type is {cfg.get('model_type')!r}, expected 'chatglm': a THUDM chatglm2-6b, "
+                         f"chatglm3-6b or glm-4-9b folder in its original layout{hint}")
     for flag, want in (("rmsnorm", True), ("add_bias_linear", False), ("add_qkv_bias", True),
                        ("apply_residual_connection_post_layernorm", False), ("post_layer_norm", True)):
         if cfg.get(flag, want) != want:

@@ -107,9 +107,11 @@ def test_two_nodes_on_one_machine_train_one_run(tiny_model, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # EVAL_STEPS=0 and no memory estimate: what is tested is the rendezvous and the resume.
     env = dict(os.environ, NNODES="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MODEL=tiny_model,
-               PRE_SEQ_LEN="8", TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
-    extra = ["--max_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--max_source_length", "96",
+               PRE_SEQ_LEN="8", EVAL_STEPS="0", TOKENIZERS_PARALLELISM="false", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    extra = ["--print_memory_estimate", "false", "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1",
+             "--max_source_length", "96",
              "--max_target_length", "48", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
              "1", "--output_dir", str(tmp_path / "run"), "--report_to", "none", "--preprocessing_num_workers", "1"]
 
