@@ -24,7 +24,7 @@ from cblue.outputs import save_json
 from chatglm.checkpoint import last_complete_checkpoint
 from chatglm.cli import run_cli
 from chatglm.memory import check_before_training, zero_stage
-from chatglm.model import ChatGLM, base_only
+from chatglm.model import ChatGLM, base_dtype, base_only
 from chatglm.tokenizer import load_tokenizer
 from prediction import Predictor, peak_gpu_memory
 from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ScoreCurveCallback, ShardingReport
@@ -83,20 +83,6 @@ def setup_logging(training_args):
     transformers.utils.logging.set_verbosity_warning()
 
 
-def model_dtype(training_args, full_fine_tuning: bool = False) -> torch.dtype:
-    """The dtype of the frozen base: --bf16 / --fp16 on every device, fp16 on CUDA without
-    either (as the original), fp32 on a CPU without either. What trains (prefix, LoRA) stays
-    fp32 whatever this is; full fine-tuning keeps fp32 master weights and gets half precision
-    from the Trainer's autocast instead."""
-    if full_fine_tuning:
-        return torch.float32
-    if training_args.bf16:
-        return torch.bfloat16
-    if training_args.fp16 or training_args.device.type == "cuda":
-        return torch.float16
-    return torch.float32
-
-
 def load_model(model_args, training_args, for_training: bool) -> ChatGLM:
     lora = for_training and model_args.lora_rank
     if lora and model_args.pre_seq_len:
@@ -109,7 +95,7 @@ def load_model(model_args, training_args, for_training: bool) -> ChatGLM:
                          "fine-tuned")
     model = ChatGLM.from_pretrained(model_args.model_name_or_path, pre_seq_len=model_args.pre_seq_len,
                                      prefix_projection=model_args.prefix_projection,
-                                     dtype=model_dtype(training_args, full_fine_tuning), device=training_args.device,
+                                     dtype=base_dtype(training_args, full_fine_tuning), device=training_args.device,
                                      seed=training_args.seed, quantization_bit=model_args.quantization_bit,
                                      ptuning_checkpoint=model_args.ptuning_checkpoint)
     if lora and model.lora_config is None:  # (an adapter given by --ptuning_checkpoint trains on)

@@ -58,7 +58,7 @@ class RunSettings:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                              "gate_up_proj", "down_proj"])  # main.py's default
     lora_dropout: float = 0.1
-    dtype: str = "float16"  # the frozen base's dtype (main.model_dtype); full fine-tuning: fp32 + autocast
+    dtype: str = "float16"  # the frozen base's dtype (model.base_dtype); full fine-tuning: fp32 + autocast
     autocast: str | None = None  # full fine-tuning under --bf16 / --fp16
     quantization_bit: int | None = None
     checkpointing: bool = True
@@ -87,8 +87,8 @@ class MemoryEstimate:
     logits: int  # of activations + workspace: the loss head's [rows, vocab] tensors (formula)
     activations_without_checkpointing: int | None
     activations_with_checkpointing: int | None
-    prediction_peak: int  # --do_eval / --do_predict: weights + prompt pass + decode cache
-    generation_cache: int  # of prediction_peak: the static key/value cache (prefix + prompt + new tokens)
+    prediction_peak: int | None  # --do_eval / --do_predict: weights + prompt pass + decode cache (None: not asked)
+    generation_cache: int | None  # of prediction_peak: the static key/value cache (prefix + prompt + new tokens)
     reserved: int  # what CUDA's caching allocator holds for the same tensors: nvidia-smi without the context
     sharding_note: str = ""
     context: int = 0  # CUDA context (not tensors); 0 on a CPU
@@ -99,7 +99,7 @@ class MemoryEstimate:
 
     @property
     def tensor_peak(self) -> int:
-        return max(self.training_peak, self.prediction_peak)
+        return max(self.training_peak, self.prediction_peak or 0)
 
     @property
     def total(self) -> int:
@@ -357,9 +357,11 @@ def logits_bytes(config, s: RunSettings) -> int:
     return rows * per_row
 
 
-def estimate(model: str, s: RunSettings, device: str = "cuda", both_checkpointing: bool = True) -> MemoryEstimate:
+def estimate(model: str, s: RunSettings, device: str = "cuda", both_checkpointing: bool = True,
+             with_prediction: bool = True) -> MemoryEstimate:
     """The run's peak per device. `both_checkpointing`: also simulate the other checkpointing
-    setting, to show what it would change (a second training simulation)."""
+    setting, to show what it would change (a second training simulation). `with_prediction`:
+    also the evaluation's peak (a run without --do_eval / --do_predict generates nothing)."""
     config = glm_config(model)
     peak = simulate_training(config, s, checkpointing=s.checkpointing)
     other = simulate_training(config, s, checkpointing=not s.checkpointing) if both_checkpointing else None
@@ -383,14 +385,14 @@ def estimate(model: str, s: RunSettings, device: str = "cuda", both_checkpointin
     elif n > 1:
         train_state += trainable  # DDP's gradient buckets: a second copy of the gradients
         note = f"DDP over {n} processes: each holds all of this, plus its gradient buckets"
-    pred = simulate_prediction(config, s)
+    pred = simulate_prediction(config, s) if with_prediction else {}
     both = lambda snap: None if snap is None else snap.get("Activation", 0) + snap.get("Temp", 0)
     return MemoryEstimate(
         weights=weights, trainable=train_state, activations=acts, workspace=temp, logits=logits_bytes(config, s),
         activations_with_checkpointing=both(on), activations_without_checkpointing=both(off),
-        prediction_peak=pred.get("Total", 0), generation_cache=pred["generation_cache"],
+        prediction_peak=pred.get("Total"), generation_cache=pred.get("generation_cache"),
         # (sharding and DDP buckets change the model states by the same bytes in the reserve)
-        reserved=max(peak["reserved"] + weights + train_state - unsharded, pred["reserved"]),
+        reserved=max(peak["reserved"] + weights + train_state - unsharded, pred.get("reserved", 0)),
         sharding_note=note,
         context=CUDA_CONTEXT_BYTES if device == "cuda" else 0)
 
@@ -429,12 +431,9 @@ def settings_from_args(model_args, data_args, training_args, num_gpus: int | Non
         from .model import checkpoint_kind
 
         method = {"lora": "lora", "prefix": "ptuning"}.get(checkpoint_kind(model_args.ptuning_checkpoint), "full")
-    if method == "full":
-        dtype = "float32"
-    elif training_args.bf16:
-        dtype = "bfloat16"
-    else:
-        dtype = "float16" if (training_args.fp16 or device == "cuda") else "float32"
+    from .model import base_dtype
+
+    dtype = str(base_dtype(training_args, method == "full", device)).replace("torch.", "")
     autocast = ("bfloat16" if training_args.bf16 else "float16" if training_args.fp16 else None) \
         if method == "full" else None
     zero = zero_stage(training_args.deepspeed)
@@ -471,7 +470,8 @@ def check_before_training(model_args, data_args, training_args, log, device: str
     device = device or training_args.device.type
     s = settings_from_args(model_args, data_args, training_args, device=device)
     try:
-        e = estimate(model_args.model_name_or_path, s, device=device, both_checkpointing=False)
+        e = estimate(model_args.model_name_or_path, s, device=device, both_checkpointing=False,
+                     with_prediction=training_args.do_eval or training_args.do_predict)
     except Exception as exc:  # an estimate that cannot be made never stops a run
         log(f"memory estimate unavailable ({type(exc).__name__}: {str(exc)[:200]})")
         return None

@@ -24,6 +24,20 @@ from .prefix import (PrefixEncoder, prefix_cache, prefix_shape_from_checkpoint, 
                      write_prefix_checkpoint)
 
 
+def base_dtype(training_args, full_fine_tuning: bool = False, device_type: str | None = None) -> torch.dtype:
+    """The dtype of the frozen base: --bf16 / --fp16 on every device, fp16 on CUDA without
+    either (as the original), fp32 on a CPU without either. What trains (prefix, LoRA) stays
+    fp32 whatever this is; full fine-tuning keeps fp32 master weights and gets half precision
+    from the Trainer's autocast instead. (main.py loads with it; the memory check counts with it.)"""
+    if full_fine_tuning:
+        return torch.float32
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16 or (device_type or training_args.device.type) == "cuda":
+        return torch.float16
+    return torch.float32
+
+
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """0..n-1 over the real tokens of each row, 0 on (left) padding: what the original
     tokenizer's left padding gives."""
