@@ -109,9 +109,7 @@ def load(args, pre_seq_len=None):
     """The folder's model in --dtype; with --layers N, a model of the same widths with only N
     layers and random weights instead (for a machine too slow or too small for all 28: the
     folder is read whole by the load phase), plus a fresh prefix."""
-    from transformers import GlmForCausalLM
-    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
-
+    from chatglm.checkpoint import random_glm
     from chatglm.convert import glm_config_from_chatglm
     from chatglm.model import ChatGLM
     from chatglm.prefix import PrefixEncoder
@@ -122,15 +120,7 @@ def load(args, pre_seq_len=None):
         model = ChatGLM.from_pretrained(args.model, dtype=dtype)
     else:
         with open(config_file(args)) as f:
-            config = glm_config_from_chatglm(json.load(f))
-        with torch.device("meta"):
-            base = GlmForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
-        base = base.to_empty(device="cpu")
-        with torch.no_grad():
-            for p in base.parameters():
-                p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
-        base.model.rotary_emb = GlmRotaryEmbedding(config)
-        base.eval()
+            base = random_glm(glm_config_from_chatglm(json.load(f)), dtype)
         model = ChatGLM(base, None, args.model)
     if pre_seq_len:
         c = model.config
@@ -301,8 +291,7 @@ def phase_predict(args):
 
 def phase_memory(args):
     """Estimate vs the live tensor bytes of a real step, at the tiny and a medium shape."""
-    from transformers import GlmForCausalLM
-
+    from chatglm.checkpoint import random_glm
     from chatglm.convert import glm_config_from_chatglm
     from chatglm.memory import SHAPES
     from chatglm.model import ChatGLM
@@ -321,9 +310,7 @@ def phase_memory(args):
         if name == "tiny":  # (bf16 arithmetic is slow on CPUs without bf16 units; the bytes are what is checked)
             runs += [("ptuning", 4, "bfloat16"), ("lora", 4, "bfloat16")]
         for method, batch, dtype in runs:
-            config = glm_config_from_chatglm(raw)
-            torch.manual_seed(0)
-            base = GlmForCausalLM._from_config(config, attn_implementation="sdpa", dtype=getattr(torch, dtype))
+            base = random_glm(glm_config_from_chatglm(raw), getattr(torch, dtype)).train()
             c = base.config
             prefix = PrefixEncoder(PREFIX, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size) \
                 if method == "ptuning" else None

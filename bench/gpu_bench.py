@@ -27,34 +27,13 @@ TINY = dict(CHATGLM2_6B, num_layers=2, hidden_size=256, num_attention_heads=8, k
 
 
 def random_model(shape: dict, bits: int | None, device: str, pre_seq_len: int):
-    from transformers import GlmForCausalLM
-    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
-
+    from chatglm.checkpoint import random_glm
     from chatglm.convert import glm_config_from_chatglm
     from chatglm.model import ChatGLM
     from chatglm.prefix import PrefixEncoder
-    from chatglm.quantization import QuantizedLinear, replace_linears
 
     dtype = torch.float16 if device != "cpu" else torch.float32
-    config = glm_config_from_chatglm(shape)
-    with torch.device("meta"):
-        base = GlmForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
-    if bits:
-        replace_linears(base, bits, dtype)
-    base = base.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for p in base.parameters():
-            p.normal_(0, 0.02, generator=gen) if p.dim() > 1 else p.fill_(1.0)
-        for m in base.modules():
-            if isinstance(m, QuantizedLinear):
-                lim = 2 ** (m.bits - 1) - 1
-                m.weight.copy_(torch.randint(-lim, lim + 1, m.weight.shape, device=device, generator=gen)
-                               if bits == 8 else torch.randint(-128, 128, m.weight.shape, device=device, generator=gen))
-                m.weight_scale.fill_(0.02 / lim)
-                if m.bias is not None:
-                    m.bias.zero_()
-    base.model.rotary_emb = GlmRotaryEmbedding(config).to(device)
+    base = random_glm(glm_config_from_chatglm(shape), dtype, device, bits)
     c = base.config
     prefix = PrefixEncoder(pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size).to(device)
     return ChatGLM(base, prefix)

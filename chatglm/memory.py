@@ -376,7 +376,7 @@ def estimate(model: str, s: RunSettings, device: str = "cuda", both_checkpointin
     if s.sharding in ("fsdp", "zero3") and n > 1:
         # Parameters, gradients and optimizer state split N ways; one layer's parameters are
         # gathered whole while it runs (plus the next one prefetched).
-        per_layer = weights // max(1, config.num_hidden_layers)
+        per_layer = (weights + trainable) // max(1, config.num_hidden_layers)  # all parameters, frozen or not
         weights, train_state = weights // n + 2 * per_layer, train_state // n
         note = f"{s.sharding} over {n} processes: parameters, gradients and optimizer state / {n}"
     elif s.sharding == "zero2" and n > 1:
@@ -515,10 +515,15 @@ def main(argv: list[str] | None = None) -> None:
     own, rest = ap.parse_known_args(argv)
     if not any(a.split("=")[0] in ("--train_file", "--validation_file", "--test_file") for a in rest):
         rest += ["--train_file", "unused.json"]  # main.py's arguments want a data file; none is read here
+    # transformers refuses --bf16 / --fp16 on a machine without support for them; the estimate is
+    # for the machine the run will have, so the flags are read, then set after the checks.
+    half = {flag: flag in rest for flag in ("--bf16", "--fp16")}
+    rest = [a for a in rest if a not in half]
     model_args, data_args, training_args, _ = _parser().parse_args_into_dataclasses(
         args=rest + ["--output_dir", "/tmp/chatglm-memory-unused"], return_remaining_strings=True)
+    training_args.bf16, training_args.fp16 = half["--bf16"], half["--fp16"]
     if not model_args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required (a chatglm2 folder, its config.json, or a shape name)")
+        raise ValueError("--model_name_or_path is required (a ChatGLM folder, its config.json, or a shape name)")
     from arguments import check_training_numbers
 
     check_training_numbers(training_args)
@@ -526,7 +531,9 @@ def main(argv: list[str] | None = None) -> None:
     s.pattern = own.pattern
     if own.sharding:
         s.sharding = own.sharding
-    e = estimate(model_args.model_name_or_path, s, device=own.device)
+    # Sharded weights generate nothing during training (train.sh turns evaluation off for them).
+    sharded = s.sharding in ("fsdp", "zero3") and s.num_gpus > 1
+    e = estimate(model_args.model_name_or_path, s, device=own.device, with_prediction=not sharded)
     if own.json:
         print(json.dumps({"settings": asdict(s), **asdict(e), "training_peak": e.training_peak,
                           "tensor_peak": e.tensor_peak, "total": e.total}, indent=2))

@@ -27,29 +27,13 @@ def config_file(tmp_path_factory):
 
 def real_model(s: RunSettings):
     """A random model at SHAPE, built as main.load_model builds the run's (real tensors)."""
-    from transformers import GlmForCausalLM
-
+    from chatglm.checkpoint import random_glm
     from chatglm.convert import glm_config_from_chatglm
     from chatglm.model import ChatGLM
     from chatglm.prefix import PrefixEncoder
-    from chatglm.quantization import QuantizedLinear, replace_linears
 
-    config = glm_config_from_chatglm(SHAPE)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        base = GlmForCausalLM._from_config(config, attn_implementation="sdpa", dtype=s.torch_dtype)
-        if s.quantization_bit:
-            replace_linears(base, s.quantization_bit, s.torch_dtype)
-    base = base.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in base.parameters():
-            p.normal_(0, 0.02)
-        for m in base.modules():
-            if isinstance(m, QuantizedLinear):
-                m.weight.copy_(torch.randint(-7, 8, m.weight.shape))
-                m.weight_scale.fill_(0.01)
+    base = random_glm(glm_config_from_chatglm(SHAPE), s.torch_dtype, quantization_bit=s.quantization_bit)
     c = base.config
-    base.model.rotary_emb.inv_freq = 1.0 / (10000 ** (torch.arange(0, c.head_dim // 2, 2).float() / (c.head_dim // 2)))
     prefix = PrefixEncoder(s.pre_seq_len, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
                            c.hidden_size) if s.method == "ptuning" else None
     model = ChatGLM(base, prefix)
