@@ -34,6 +34,9 @@ class ModelArguments:
     config_name: Optional[str] = field(default=None, metadata={"help": "Kept for compatibility; unused."})
     tokenizer_name: Optional[str] = field(
         default=None, metadata={"help": "Folder or tokenizer.model to use instead of the model's."})
+    model_family: Optional[str] = field(
+        default=None, metadata={"help": "Added: `chatglm2`, `chatglm3` or `glm4`, when the folder does not tell "
+                                "(the family is otherwise recognised from its files and logged)."})
     prompt_format: Optional[str] = field(
         default=None, metadata={"help": "Added: the prompt around each input: `rounds` (ChatGLM2's [Round 1] 问/答), "
                                 "`roles` (ChatGLM3 and GLM-4: <|user|>… <|assistant|>) or `plain` (the text alone, "

@@ -64,7 +64,8 @@ def main():
     ap.add_argument("--top_p", type=float, default=0.7)
     args = ap.parse_args()
 
-    model, tok, ckpt = load_tuned(args.model_name_or_path, args.ptuning_checkpoint, args.quantization_bit)
+    model, tok, ckpt = load_tuned(args.model_name_or_path, args.ptuning_checkpoint, args.quantization_bit,
+                                  args.model_family, args.prompt_format)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                   temperature=args.temperature if args.do_sample else 1.0,
                                   top_p=args.top_p if args.do_sample else 1.0)

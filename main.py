@@ -235,7 +235,8 @@ def main():
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", legacy_args.logging_dir)
     if not any(a.startswith("--report_to") for a in sys.argv) and _tensorboard_installed():
         training_args.report_to = ["tensorboard"]  # transformers 5 reports nowhere by default
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.prompt_format)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.prompt_format,
+                               model_args.model_family)
     logger.info("%s", tokenizer.describe())
 
     trainer = None

@@ -33,7 +33,8 @@ def main():
 
     records = read_records(args.examples_file, require_response=False)
     examples = [records[i] for idx in pick_examples(records, args.examples_per_task).values() for i in idx]
-    model, tokenizer, checkpoint = load_tuned(args.model_name_or_path, args.ptuning_checkpoint, args.quantization_bit)
+    model, tokenizer, checkpoint = load_tuned(args.model_name_or_path, args.ptuning_checkpoint, args.quantization_bit,
+                                              args.model_family, args.prompt_format)
 
     def encode(text: str) -> list[int]:
         return prompt_ids(tokenizer, text, None, args.max_source_length, "left")[0]

@@ -76,8 +76,11 @@ class ChatFormat:
         """What the model is trained to answer after the prompt (eos not included)."""
         return self.encode_text("\n") + self.encode_text(text) if self.prompt_format == "roles" else self.encode_text(text)
 
+    detected_by = ""
+
     def describe(self) -> str:
-        return f"{self.family.name} tokenizer, {self.prompt_format} prompts, stops at ids {list(self.stop_ids)}"
+        why = f" ({self.detected_by})" if self.detected_by else ""
+        return f"{self.family.name} tokenizer{why}, {self.prompt_format} prompts, stops at ids {list(self.stop_ids)}"
 
 
 def _clean_up_tokenization(text: str) -> str:
@@ -103,7 +106,11 @@ class ChatGLMTokenizer(ChatFormat):
         with open(model_file, "rb") as f:
             proto = f.read()
         self.digest = hashlib.sha1(proto).hexdigest()
-        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        except RuntimeError as e:
+            raise ValueError(f"{model_file}: not a sentencepiece model ({str(e).splitlines()[0][:120]}); ChatGLM2 and "
+                             "ChatGLM3 folders have one, GLM-4's is a tiktoken file") from None
         self.n_words = self.sp.vocab_size()
         fam = FAMILIES[family]
         self.special_ids = {tok: self.n_words + i for i, tok in enumerate(fam.special_tokens)}
@@ -225,9 +232,17 @@ def load_tokenizer(path: str, prompt_format: str | None = None, family: str | No
                                 "or glm-4-9b folder (config.json, weights, tokenizer.model)")
     if not os.path.isdir(path):
         return ChatGLMTokenizer(path, family=family or "chatglm2", prompt_format=prompt_format)
-    fam = FAMILIES[family] if family else detect_family(path)[0]
+    if family and family not in FAMILIES:
+        raise ValueError(f"--model_family {family!r}; choose one of {sorted(FAMILIES)}")
+    fam, why = (FAMILIES[family], "--model_family") if family else detect_family(path)
     if fam.tokenizer_format == "tiktoken":
         from .tiktoken_tokenizer import TiktokenTokenizer
 
-        return TiktokenTokenizer(path, fam.name, prompt_format)
-    return ChatGLMTokenizer(os.path.join(path, "tokenizer.model"), family=fam.name, prompt_format=prompt_format)
+        tok = TiktokenTokenizer(path, fam.name, prompt_format)
+    else:
+        model_file = os.path.join(path, "tokenizer.model")
+        if fam.tokenizer_format == "sentencepiece" and detect_family(path)[0].tokenizer_format == "tiktoken":
+            raise ValueError(f"{model_file} is a tiktoken file (GLM-4), not the sentencepiece model {fam.name} has")
+        tok = ChatGLMTokenizer(model_file, family=fam.name, prompt_format=prompt_format)
+    tok.detected_by = why
+    return tok

@@ -10,7 +10,7 @@ from transformers.hf_argparser import string_to_bool  # what main.py's flags acc
 
 from .checkpoint import is_complete_checkpoint, run_checkpoint
 from .model import ChatGLM, checkpoint_kind
-from .tokenizer import ChatGLMTokenizer
+from .tokenizer import load_tokenizer
 
 EMBEDDED_MODEL = "output/tiny-chatglm2"
 
@@ -22,6 +22,10 @@ def add_model_flags(parser) -> None:
                         help="a checkpoint-N folder (P-tuning prefix or LoRA adapter) or a run folder (its best "
                              "checkpoint when recorded, else its newest); default: the newest run under output/ "
                              "(embedded model only)")
+    parser.add_argument("--model_family", default=None, choices=["chatglm2", "chatglm3", "glm4"],
+                        help="when the folder does not tell (default: recognised from its files)")
+    parser.add_argument("--prompt_format", default=None, choices=["rounds", "roles", "plain"],
+                        help="default: the family's own chat prompt")
     parser.add_argument("--max_source_length", type=int, default=700)
     parser.add_argument("--quantization_bit", type=int, default=None)
     parser.add_argument("--constrained_decoding", type=string_to_bool, default=True, metavar="true|false",
@@ -40,8 +44,8 @@ def newest_checkpoint(model_dir: str, output_root: str = "output") -> str | None
     return run_checkpoint(os.path.dirname(max(found, key=os.path.getmtime))) if found else None
 
 
-def load_tuned(model_dir: str, checkpoint: str | None,
-               quantization_bit: int | None = None) -> tuple[ChatGLM, ChatGLMTokenizer, str]:
+def load_tuned(model_dir: str, checkpoint: str | None, quantization_bit: int | None = None,
+               model_family: str | None = None, prompt_format: str | None = None) -> tuple[ChatGLM, object, str]:
     """(model with the checkpoint's prefix or LoRA adapter, tokenizer, checkpoint path), fp16 on
     CUDA, fp32 on a CPU. `checkpoint` may be a run's output folder: its best checkpoint when the
     run recorded one, else its newest complete one."""
@@ -61,4 +65,4 @@ def load_tuned(model_dir: str, checkpoint: str | None,
     model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=checkpoint, device=device,
                                      dtype=torch.float16 if device == "cuda" else torch.float32,
                                      quantization_bit=quantization_bit)
-    return model, ChatGLMTokenizer.from_pretrained(model_dir), checkpoint
+    return model, load_tokenizer(model_dir, prompt_format, model_family), checkpoint

@@ -5,6 +5,7 @@ P-tuning checkpoints (a whole model with pre_seq_len, PEFT's prefix tuning), exp
 main.py end to end."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -62,6 +63,16 @@ def test_the_family_is_recognised_from_the_files(chatglm3, glm4, tiny_model, tmp
         assert family.name == "chatglm3" and name.split(".")[0] in why.replace(".json", "").replace(".py", "")
     with pytest.raises(FileNotFoundError, match="chatglm3-6b or glm-4-9b"):
         detect_family(str(tmp_path))
+    # A folder that does not tell: --model_family says it; a wrong one is a clear error.
+    forced = load_tokenizer(tiny_model, family="chatglm3")
+    assert forced.family.name == "chatglm3" and forced.detected_by == "--model_family"
+    assert forced.encode_prompt("x")[-1] == forced.special_ids["<|assistant|>"]
+    with pytest.raises(ValueError, match="tiktoken file"):
+        load_tokenizer(glm4, family="chatglm3")
+    garbage = _bare_copy(tiny_model, tmp_path / "garbage")
+    (garbage / "tokenizer.model").write_bytes(b"\x00\x01 not a model")
+    with pytest.raises(ValueError, match="garbage/tokenizer.model: not a sentencepiece model"):
+        load_tokenizer(str(garbage))
 
 
 @needs_golden
@@ -209,7 +220,7 @@ def test_main_trains_and_predicts_on_the_family(family, chatglm3, glm4, tmp_path
                      model_dir, "--output_dir", str(tmp_path), "--max_source_length", "96", "--max_target_length", "32",
                      "--per_device_train_batch_size", "4", "--pre_seq_len", "4", "--max_steps", "3", "--save_steps",
                      "3", "--max_predict_samples", "6", "--predict_with_generate", "--report_to", "none"])
-    assert f"{family} tokenizer, roles prompts" in proc.stderr + proc.stdout
+    assert re.search(rf"{family} tokenizer \(.+\), roles prompts", proc.stderr + proc.stdout)
     assert os.path.isfile(tmp_path / "checkpoint-3" / "pytorch_model.bin")
     predictions = (tmp_path / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
     assert len(predictions) == 6
