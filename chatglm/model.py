@@ -195,7 +195,8 @@ class ChatGLM(nn.Module):
         base_state = None
         if state_dict is not None:
             base_state = {k[len("base."):]: v for k, v in state_dict.items() if k.startswith("base.")}
-        save_chatglm(self.base, ckpt_dir, state_dict=base_state)
+        hub_name = read_config(self.model_dir).get("_name_or_path") if self.model_dir else None
+        save_chatglm(self.base, ckpt_dir, state_dict=base_state, hub_name=hub_name or "THUDM/chatglm2-6b")
         # The tokenizer files, which tell the family (chatglm/family.py) of the folder written.
         for name in ("tokenizer.model", "tokenizer_config.json", "generation_config.json", "tokenization_chatglm.py"):
             if self.model_dir and os.path.exists(os.path.join(self.model_dir, name)):

@@ -24,6 +24,24 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def chatglm3(tmp_path_factory):
+    """A tiny ChatGLM3 folder like chatglm3-6b-32k's (rope_ratio 50): role tokens, eos set."""
+    from chatglm.tiny import build_tiny_model
+
+    return build_tiny_model(os.path.join(ROOT, "PromptCBLUE", "train.json"),
+                            str(tmp_path_factory.mktemp("c3") / "tiny-chatglm3"), family="chatglm3", rope_ratio=50)
+
+
+@pytest.fixture(scope="session")
+def glm4(tmp_path_factory):
+    """A tiny GLM-4 folder (tiktoken tokenizer.model, rope_ratio 500 as glm-4-9b-chat)."""
+    from chatglm.tiny import build_tiny_model
+
+    return build_tiny_model(os.path.join(ROOT, "PromptCBLUE", "train.json"),
+                            str(tmp_path_factory.mktemp("g4") / "tiny-glm4"), family="glm4", rope_ratio=500)
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_model, tmp_path_factory):
     """A prefix for the tiny model, trained a few steps so that generations are not all alike."""
     out = tmp_path_factory.mktemp("ckpt")

@@ -25,22 +25,6 @@ def _records(n=None):
         return [json.loads(line) for line in f][:n]
 
 
-@pytest.fixture(scope="module")
-def chatglm3(tmp_path_factory):
-    """A ChatGLM3-6B-32k-like folder (rope_ratio 50)."""
-    from chatglm.tiny import build_tiny_model
-
-    return build_tiny_model(TRAIN, str(tmp_path_factory.mktemp("c3") / "tiny-chatglm3"), family="chatglm3",
-                            rope_ratio=50)
-
-
-@pytest.fixture(scope="module")
-def glm4(tmp_path_factory):
-    from chatglm.tiny import build_tiny_model
-
-    return build_tiny_model(TRAIN, str(tmp_path_factory.mktemp("g4") / "tiny-glm4"), family="glm4", rope_ratio=500)
-
-
 def _bare_copy(src, dst, files=("tokenizer.model", "config.json")):
     os.makedirs(dst)
     for name in files:
