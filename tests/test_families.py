@@ -197,15 +197,35 @@ def test_export_gives_the_family_chat_template_ids_and_greedy_outputs(family, ch
     _assert_same(fresh_process(tmp_path / "hf", prompts), ours(model_dir, None, prompts))
 
 
-@pytest.mark.parametrize("family", ["chatglm3", "glm4"])
-def test_main_trains_and_predicts_on_the_family(family, chatglm3, glm4, tmp_path):
+@pytest.mark.parametrize("family,method", [("chatglm3", ["--lora_rank", "4"]),
+                                           ("glm4", ["--pre_seq_len", "4", "--quantization_bit", "4"])])
+def test_main_trains_and_predicts_on_the_family(family, method, chatglm3, glm4, tmp_path):
+    """LoRA on ChatGLM3, int4 P-tuning on GLM-4; prediction constrained (the default) and scored."""
     model_dir = {"chatglm3": chatglm3, "glm4": glm4}[family]
     proc = run_main(["--do_train", "--do_predict", "--train_file", TRAIN, "--test_file", DEV, "--model_name_or_path",
                      model_dir, "--output_dir", str(tmp_path), "--max_source_length", "96", "--max_target_length", "32",
-                     "--per_device_train_batch_size", "4", "--pre_seq_len", "4", "--max_steps", "3", "--save_steps",
+                     "--per_device_train_batch_size", "4", *method, "--max_steps", "3", "--save_steps",
                      "3", "--max_predict_samples", "6", "--predict_with_generate", "--report_to", "none"])
     assert re.search(rf"{family} tokenizer \(.+\), roles prompts", proc.stderr + proc.stdout)
-    assert os.path.isfile(tmp_path / "checkpoint-3" / "pytorch_model.bin")
+    weights = "adapter_model.safetensors" if "--lora_rank" in method else "pytorch_model.bin"
+    assert os.path.isfile(tmp_path / "checkpoint-3" / weights)
     predictions = (tmp_path / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
     assert len(predictions) == 6
-    assert json.load(open(tmp_path / "scores.json"))
+    scores = json.load(open(tmp_path / "scores.json"))
+    assert scores and json.load(open(tmp_path / "predict_results.json"))["predict_decoding"] == "constrained"
+
+
+def test_a_full_fine_tune_checkpoint_stays_in_its_family(chatglm3, glm4, tmp_path):
+    """What full fine-tuning saves is a folder of the same family (tokenizer files, eos set, hub name)."""
+    from chatglm.model import ChatGLM
+
+    for name, model_dir in (("chatglm3", chatglm3), ("glm4", glm4)):
+        model = ChatGLM.from_pretrained(model_dir).eval()
+        out = str(tmp_path / name)
+        model.save_checkpoint(out)
+        assert detect_family(out)[0].name == name
+        assert json.load(open(os.path.join(out, "config.json")))["_name_or_path"] == \
+            json.load(open(os.path.join(model_dir, "config.json")))["_name_or_path"]
+        ids = torch.tensor([load_tokenizer(out).encode_prompt("头痛")])
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids).logits, ChatGLM.from_pretrained(out).eval()(input_ids=ids).logits)
