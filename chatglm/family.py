@@ -77,7 +77,9 @@ def detect_family(model_dir: str) -> tuple[Family, str]:
     GLM-4's tokenizer.model is tiktoken's text format. ChatGLM3 shares ChatGLM2's sentencepiece
     model and config fields; what tells it apart is any of: its role tokens in the tokenizer's
     code or chat template, `encode_special_tokens` (a ChatGLM3 tokenizer argument) in
-    tokenizer_config.json, an eos list in generation_config.json/config.json, or its hub name.
+    tokenizer_config.json, clean_up_tokenization_spaces turned off there (ChatGLM3's tokenizer
+    passes False, ChatGLM2's leaves the default), an eos list in generation_config.json /
+    config.json, or its hub name.
     """
     model_file = os.path.join(model_dir, "tokenizer.model")
     if not os.path.isfile(model_file):
@@ -96,6 +98,8 @@ def detect_family(model_dir: str) -> tuple[Family, str]:
         return FAMILIES["chatglm3"], "tokenizer_config.json's chat template has the role tokens"
     if "encode_special_tokens" in tok_config:
         return FAMILIES["chatglm3"], "tokenizer_config.json has encode_special_tokens"
+    if tok_config.get("clean_up_tokenization_spaces") is False:  # ChatGLM3's tokenizer sets it; ChatGLM2's does not
+        return FAMILIES["chatglm3"], "tokenizer_config.json turns clean_up_tokenization_spaces off"
     for name in ("generation_config.json", "config.json"):
         eos = _json(os.path.join(model_dir, name)).get("eos_token_id")
         if isinstance(eos, list) and len(eos) > 1:
@@ -103,4 +107,4 @@ def detect_family(model_dir: str) -> tuple[Family, str]:
     hub = str(config.get("_name_or_path", "")) + str(tok_config.get("name_or_path", ""))
     if "chatglm3" in hub.lower():
         return FAMILIES["chatglm3"], f"its hub name is {hub}"
-    return FAMILIES["chatglm2"], "a sentencepiece tokenizer without role tokens"
+    return FAMILIES["chatglm2"], "no sign of ChatGLM3 in its files; --model_family chatglm3 if it is one"

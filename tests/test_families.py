@@ -40,6 +40,10 @@ def test_the_family_is_recognised_from_the_files(chatglm3, glm4, tiny_model, tmp
     signs = {"tokenization_chatglm.py": 'special_tokens = ["[MASK]", "<|system|>", "<|user|>"]\n',
              "generation_config.json": json.dumps({"eos_token_id": [2, 64795, 64797]}),
              "tokenizer_config.json": json.dumps({"encode_special_tokens": False})}
+    # (clean_up_tokenization_spaces false alone says it too)
+    folder = _bare_copy(tiny_model, tmp_path / "cleanup")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"clean_up_tokenization_spaces": False}))
+    assert detect_family(str(folder))[0].name == "chatglm3"
     for name, text in signs.items():
         folder = _bare_copy(tiny_model, tmp_path / name)
         (folder / name).write_text(text)
