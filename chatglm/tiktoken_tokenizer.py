@@ -58,7 +58,8 @@ def special_tokens_of(model_dir: str, n_words: int, family: str) -> dict[str, in
 class TiktokenTokenizer(ChatFormat):
     padding_side = "left"
 
-    def __init__(self, model_dir: str, family: str = "glm4", prompt_format: str | None = None):
+    def __init__(self, model_dir: str, family: str = "glm4", prompt_format: str | None = None,
+                 _digest: str | None = None):
         import tiktoken
 
         self.model_dir = model_dir
@@ -80,7 +81,8 @@ class TiktokenTokenizer(ChatFormat):
         self._special_set = set(self.special_ids.values())
 
     def __reduce__(self):
-        return (TiktokenTokenizer, (self.model_dir, self.family.name, self.prompt_format))
+        # by path plus content digest, as ChatGLMTokenizer: `datasets` caches change with the file
+        return (TiktokenTokenizer, (self.model_dir, self.family.name, self.prompt_format, self.digest))
 
     def __len__(self) -> int:
         return max(self.n_words, max(self.special_ids.values()) + 1)

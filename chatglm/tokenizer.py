@@ -24,7 +24,6 @@ import sentencepiece as spm
 
 from .family import FAMILIES, PROMPT_FORMATS, Family, detect_family
 
-SPECIAL_TOKENS = FAMILIES["chatglm2"].special_tokens
 _SPECIAL_IN_TEXT = re.compile(r"(</s>|<unk>)")
 
 
