@@ -7,6 +7,7 @@ the validation file, which picks the best checkpoint) -> evaluate / predict (pre
 batched generation, PromptCBLUE post-processing and official scores) -> save metrics.
 Flags and outputs are those of THUDM's ChatGLM2-6B ptuning/main.py; see README for what differs.
 """
+import gc
 import json
 import logging
 import os
@@ -276,8 +277,14 @@ def main():
             _update_all_results(training_args.output_dir, metrics)
             logger.info("%s metrics: %s", prefix, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Without this, gloo's worker threads can outlive the interpreter and abort the process at
-        # exit ("terminate called without an active exception", SIGABRT), failing a finished run.
+        # All ranks leave together, with no collective in flight: a gloo work still finishing on
+        # the group's threads when the group is torn down needs the GIL the tearing thread holds
+        # (a deadlock seen at exit of a rank whose peer had left first). Then the group is
+        # destroyed; without that, gloo's threads can outlive the interpreter and abort the
+        # process at exit ("terminate called without an active exception", SIGABRT).
+        torch.distributed.barrier()
+        trainer = model = None
+        gc.collect()  # DDP's reducer and its group reference go now, on this thread, groups idle
         torch.distributed.destroy_process_group()
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, logged_losses as losses, run_main, tiny_train_args
+from conftest import RUN_TIMEOUT_S, ROOT, logged_losses as losses, run_main, tiny_train_args
 
 TRAIN = os.path.join(ROOT, "PromptCBLUE", "train.json")
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
@@ -117,8 +118,15 @@ def test_two_nodes_on_one_machine_train_one_run(tiny_model, tmp_path):
 
     def both_nodes(*more):
         nodes = [subprocess.Popen(["bash", "train.sh", *extra, *more], cwd=ROOT, env=dict(env, NODE_RANK=str(rank)),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-        outputs = [p.communicate(timeout=600)[0] for p in nodes]
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                 for rank in (0, 1)]
+        try:
+            outputs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in nodes]
+        except subprocess.TimeoutExpired:
+            for p in nodes:  # a stuck node and its workers go, and the failure shows what they printed
+                os.killpg(p.pid, signal.SIGKILL)
+            outputs = [p.communicate()[0] for p in nodes]
+            raise AssertionError(f"a node did not end in {RUN_TIMEOUT_S} s:\n" + outputs[0][-2000:] + outputs[1][-2000:])
         assert all(p.returncode == 0 for p in nodes), outputs[0][-2000:] + outputs[1][-2000:]
         return outputs
 
