@@ -107,4 +107,4 @@ def detect_family(model_dir: str) -> tuple[Family, str]:
     hub = str(config.get("_name_or_path", "")) + str(tok_config.get("name_or_path", ""))
     if "chatglm3" in hub.lower():
         return FAMILIES["chatglm3"], f"its hub name is {hub}"
-    return FAMILIES["chatglm2"], "no sign of ChatGLM3 in its files; --model_family chatglm3 if it is one"
+    return FAMILIES["chatglm2"], "no ChatGLM3 or GLM-4 sign in its files"
