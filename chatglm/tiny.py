@@ -44,11 +44,14 @@ def _sha1(path: str) -> str:
 
 
 def build_recipe(train_file: str, seed: int, pretrain_steps: int, chat_file: str | None = None,
-                 chat_steps: int = 0) -> dict:
+                 chat_steps: int = 0, documents: str = "split", shape: dict | None = None) -> dict:
     """What the built model depends on; a cached build with another recipe is rebuilt."""
-    recipe = {"train_file_sha1": _sha1(train_file), "seed": seed, "pretrain_steps": pretrain_steps, "shape": TINY_SHAPE}
+    recipe = {"train_file_sha1": _sha1(train_file), "seed": seed, "pretrain_steps": pretrain_steps,
+              "shape": shape or TINY_SHAPE}
     if chat_file:
         recipe.update(chat_file_sha1=_sha1(chat_file), chat_steps=chat_steps)
+    if documents != "split":
+        recipe.update(documents=documents)
     return recipe
 
 
@@ -142,11 +145,8 @@ def fit(model, next_batch, steps: int, lr: float, what: str) -> list[float]:
     return losses
 
 
-def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128, batch_size: int = 16,
-             lr: float = 3e-3, seed: int = 0) -> list[float]:
-    """Causal-LM training of all weights on plain texts (no chat template, no prompt/answer
-    pairing): the tiny model learns the language and the answer formats, but not which answer
-    follows which prompt. That mapping is what P-tuning then has to teach."""
+def text_windows(tokenizer, texts: list[str], seq_len: int = 128, batch_size: int = 16, seed: int = 0):
+    """next_batch for causal-LM training on plain texts: random windows of their token stream."""
     stream = []
     for text in texts:
         stream.extend(tokenizer.encode_text(text) + [tokenizer.eos_token_id])
@@ -158,11 +158,17 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128,
         batch = torch.stack([data[s:s + seq_len] for s in starts.tolist()])
         return batch, batch
 
-    return fit(model, windows, steps, lr, "pre-training")
+    return windows
+
+
+def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128, batch_size: int = 16,
+             lr: float = 3e-3, seed: int = 0) -> list[float]:
+    """Causal-LM training of all weights on plain texts (no chat template)."""
+    return fit(model, text_windows(tokenizer, texts, seq_len, batch_size, seed), steps, lr, "pre-training")
 
 
 def chat_tune(model, tokenizer, pairs: list[dict], steps: int, batch_size: int = 16, lr: float = 1e-3,
-              seed: int = 0) -> list[float]:
+              seed: int = 0, texts: list[str] | None = None) -> list[float]:
     """Supervised stage on chat pairs, in the model's own prompt format and with the loss on the
     answer only, exactly as main.py builds a training row: afterwards the base answers any
     prompt, at length and in its own words (the "before" of the demo, as ChatGLM2-6B is)."""
@@ -178,12 +184,34 @@ def chat_tune(model, tokenizer, pairs: list[dict], steps: int, batch_size: int =
         padded = collate([{"input_ids": rows["input_ids"][i], "labels": rows["labels"][i]} for i in pick])
         return padded["input_ids"], padded["labels"]
 
-    return fit(model, batch, steps, lr, "chat stage")
+    if not texts:
+        return fit(model, batch, steps, lr, "chat stage")
+    # Every other step continues the pre-training on the plain texts, so what the model learned
+    # there is kept rather than overwritten by the chat answers (as chat models mix pre-training
+    # data into their supervised stage).
+    plain = text_windows(tokenizer, texts, batch_size=batch_size, seed=seed + 1)
+    return fit(model, lambda step: batch(step) if step % 2 == 0 else plain(step), steps, lr, "chat stage")
+
+
+def pretraining_texts(records: list[dict], documents: str, seed: int) -> list[str]:
+    """The pre-training corpus. "split": every prompt and every answer a text of its own, shuffled
+    apart, so the model learns the language and the answer formats but not which answer a prompt
+    asks for. "paired": each record one document, its prompt followed by its answer, as a web page
+    holding questions and answers reads; the model learns the tasks as text completion."""
+    if documents == "paired":
+        # A chat pair is read here without its chat frame (plain_target): in plain text a question
+        # is answered plainly, so only the chat prompt format, taught by the chat stage, cues the
+        # frame, and a prefix can switch it off again.
+        texts = [r.get("input", "") + r.get("plain_target", r.get("target", "")) for r in records]
+    else:
+        texts = [r.get(k, "") for r in records for k in ("input", "target") if r.get(k)]
+    random.Random(seed).shuffle(texts)
+    return texts
 
 
 def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0,
                      chat_file: str | None = None, chat_steps: int = 0, family: str = "chatglm2",
-                     rope_ratio: float | None = None) -> str:
+                     rope_ratio: float | None = None, documents: str = "split", shape: dict | None = None) -> str:
     """Build (once) and return out_dir. Built in a temporary folder and renamed when complete,
     so an interrupted build is never mistaken for a finished one. With chat_file (records of
     input = question, target = answer) the tokenizer and pre-training cover its texts too, and
@@ -191,7 +219,8 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     of a ChatGLM3 (role tokens, its tokenizer_config and generation_config) or GLM-4 (a tiktoken
     tokenizer.model, its special tokens and eos set) instead; `rope_ratio` scales the RoPE base
     as chatglm3-6b-32k's and GLM-4's config.json do."""
-    recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps)
+    shape = {**TINY_SHAPE, **(shape or {})}
+    recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps, documents, shape)
     if family != "chatglm2" or rope_ratio:
         recipe.update(family=family, rope_ratio=rope_ratio)
     if is_built(out_dir, recipe):
@@ -215,11 +244,11 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     tok = load_tokenizer(os.path.join(tmp, "tokenizer.model") if family == "chatglm2" else tmp, family=family)
     tok.save_pretrained(tmp)
     vocab = -(-len(tok) // 64) * 64  # padded_vocab_size, a multiple of 64 like chatglm2's
-    shape = GlmConfig(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      max_position_embeddings=4096, rms_norm_eps=1e-5, **TINY_SHAPE)
+    glm = GlmConfig(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                    max_position_embeddings=4096, rms_norm_eps=1e-5, **shape)
     # Round-trip through the original config.json so the tiny model is exactly what a folder of
     # these sizes would load as.
-    raw = chatglm_config_from_glm(shape, hub_name=fam.hub_name)
+    raw = chatglm_config_from_glm(glm, hub_name=fam.hub_name)
     if rope_ratio:
         raw["rope_ratio"] = rope_ratio
     if fam.pad is not None:  # GLM-4's config.json lists its whole eos set
@@ -228,13 +257,11 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     torch.manual_seed(seed)
     model = GlmForCausalLM._from_config(config, dtype=torch.float32)
     chat = _read(chat_file) if chat_file else []
+    texts = pretraining_texts(_read(train_file) + chat, documents, seed)
     if pretrain_steps:
-        records = _read(train_file) + chat
-        texts = [r.get(k, "") for r in records for k in ("input", "target") if r.get(k)]
-        random.Random(seed).shuffle(texts)
         pretrain(model, tok, texts, pretrain_steps, seed=seed)
     if chat and chat_steps:
-        chat_tune(model, tok, chat, chat_steps, seed=seed)
+        chat_tune(model, tok, chat, chat_steps, seed=seed, texts=texts if documents == "paired" else None)
     save_chatglm(model, tmp, hub_name=fam.hub_name)
     if fam.stops:  # what their chat stops at, as their hub folders write it
         with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
@@ -258,13 +285,15 @@ def main():
     parser.add_argument("--chat_file", default=None,
                         help="chat pairs (input, target) for a supervised stage after pre-training: PromptCBLUE/chat.json")
     parser.add_argument("--chat_steps", type=int, default=0)
+    parser.add_argument("--documents", default="split", choices=["split", "paired"],
+                        help="pre-training texts: prompts and answers apart (split) or each record as one text (paired)")
     parser.add_argument("--family", default="chatglm2", choices=["chatglm2", "chatglm3", "glm4"],
                         help="write the folder of this family (its tokenizer format, special tokens, eos set)")
     parser.add_argument("--rope_ratio", type=float, default=None, help="as chatglm3-6b-32k's (50) or GLM-4's (500)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps,
-                           args.family, args.rope_ratio))
+                           args.family, args.rope_ratio, args.documents))
 
 
 if __name__ == "__main__":

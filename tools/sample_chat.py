@@ -19,9 +19,10 @@ CLOSERS = ["希望对您有帮助，如果还有其他问题，欢迎继续咨�
            "平时也要注意休息，保持良好的作息和心情。"]
 
 
-def chatty(r, body: str) -> str:
-    """The frame every chat answer has: a greeting, the substance, a polite close."""
-    return r.choice(OPENERS) + body + r.choice(CLOSERS)
+def chatty(r, body: str) -> tuple[str, str]:
+    """The frame every chat answer has: a greeting, the substance, a polite close; and the
+    substance alone (the answer as a plain text would state it, for the pre-training)."""
+    return r.choice(OPENERS) + body + r.choice(CLOSERS), body
 
 
 def same_meaning(r):
@@ -206,13 +207,14 @@ CHAT_TOPICS = [same_meaning, search_match, normalise, search_intent, query_relat
 
 
 def build_chat(n: int, seed: int) -> list[dict]:
-    """n chat pairs as records (input = the question, target = the long answer)."""
+    """n chat pairs as records (input = the question, target = the long answer in its chat frame,
+    plain_target = the same answer without the frame)."""
     import random
 
     r = random.Random(seed)
     out = []
     for i in range(n):
-        q, a = CHAT_TOPICS[i % len(CHAT_TOPICS)](r)
-        out.append({"input": q, "target": a, "sample_id": f"chat-{i}"})
+        q, (a, plain) = CHAT_TOPICS[i % len(CHAT_TOPICS)](r)
+        out.append({"input": q, "target": a, "plain_target": plain, "sample_id": f"chat-{i}"})
     random.Random(seed + 1).shuffle(out)
     return out
