@@ -24,9 +24,9 @@ TINY_DEFAULTS = ["--max_source_length", "128", "--max_target_length", "96", "--p
 
 
 def build(args) -> tuple[str, float]:
-    from chatglm.tiny import build_tiny_model
+    from chatglm.tiny import build_tiny_model, parse_shape
 
-    shape = dict((k, int(v)) for k, v in (kv.split("=") for kv in args.shape.split(",") if kv))
+    shape = parse_shape(args.shape)
     tag = "".join(f"-{k.split('_')[-1][:3]}{v}" for k, v in shape.items())
     out = os.path.join(args.out, f"tiny-{args.documents}{tag}-p{args.pretrain_steps}-c{args.chat_steps}")
     start = time.time()

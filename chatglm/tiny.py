@@ -12,7 +12,9 @@ seed, pre-training steps) and is rebuilt when that changes.
 
 With `--chat_file PromptCBLUE/chat.json --chat_steps N` a supervised chat stage follows (long,
 chatty answers to conversational questions, tools/sample_chat.py), so the base answers like a
-chat model before tuning; train.sh does not use it yet (BENCHMARKS.md, "The demo's base").
+chat model before tuning; `--documents paired` pre-trains on each record as one text (prompt
+then answer) and `--shape num_key_value_heads=8` changes the shape. train.sh uses none of them
+yet (BENCHMARKS.md, "The demo's base").
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def build_recipe(train_file: str, seed: int, pretrain_steps: int, chat_file: str
                  chat_steps: int = 0, documents: str = "split", shape: dict | None = None) -> dict:
     """What the built model depends on; a cached build with another recipe is rebuilt."""
     recipe = {"train_file_sha1": _sha1(train_file), "seed": seed, "pretrain_steps": pretrain_steps,
-              "shape": shape or TINY_SHAPE}
+              "shape": {**TINY_SHAPE, **(shape or {})}}
     if chat_file:
         recipe.update(chat_file_sha1=_sha1(chat_file), chat_steps=chat_steps)
     if documents != "split":
@@ -275,6 +277,17 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     return out_dir
 
 
+def parse_shape(text: str) -> dict:
+    """`num_key_value_heads=8,num_hidden_layers=6` -> a dict of TINY_SHAPE's fields."""
+    shape = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in TINY_SHAPE or not value.isdigit():
+            raise SystemExit(f"--shape: '{item}' is not FIELD=N with FIELD one of {', '.join(TINY_SHAPE)}")
+        shape[key] = int(value)
+    return shape
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_file", default="PromptCBLUE/train.json")
@@ -287,13 +300,14 @@ def main():
     parser.add_argument("--chat_steps", type=int, default=0)
     parser.add_argument("--documents", default="split", choices=["split", "paired"],
                         help="pre-training texts: prompts and answers apart (split) or each record as one text (paired)")
+    parser.add_argument("--shape", default="", help="fields of the tiny shape to change, e.g. num_key_value_heads=8")
     parser.add_argument("--family", default="chatglm2", choices=["chatglm2", "chatglm3", "glm4"],
                         help="write the folder of this family (its tokenizer format, special tokens, eos set)")
     parser.add_argument("--rope_ratio", type=float, default=None, help="as chatglm3-6b-32k's (50) or GLM-4's (500)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps,
-                           args.family, args.rope_ratio, args.documents))
+                           args.family, args.rope_ratio, args.documents, parse_shape(args.shape)))
 
 
 if __name__ == "__main__":

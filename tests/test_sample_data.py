@@ -72,6 +72,8 @@ def test_chat_pairs_are_what_the_generator_writes_and_ask_no_task_prompt():
     chat = _records("chat.json")
     assert chat == _chat_module().build_chat(680, seed=5)
     assert min(len(r["target"]) for r in chat) > 40
+    # the answer without its chat frame (greeting, polite close) is inside it, and shorter
+    assert all(r["plain_target"] in r["target"] and len(r["plain_target"]) < len(r["target"]) for r in chat)
     prompts = {r["input"] for name in ("train.json", "dev.json", "test.json", "dev_v1.json") for r in _records(name)}
     assert not prompts & {r["input"] for r in chat}
     templates = [t[0] if isinstance(t, tuple) else t for name, value in vars(sample).items()

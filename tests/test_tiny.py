@@ -62,3 +62,16 @@ def test_tokenizer_grows_for_files_with_many_characters(tmp_path):
     assert [c for c in sorted(chars) if not c.isspace() and sp.piece_to_id(c) == sp.unk_id()] == []
     train_tokenizer(os.path.join(ROOT, "PromptCBLUE", "train.json"), str(tmp_path / "sample.model"))
     assert spm.SentencePieceProcessor(model_file=str(tmp_path / "sample.model")).get_piece_size() == 2000
+
+
+def test_paired_documents_keep_each_answer_after_its_prompt():
+    """--documents paired: each record is one pre-training text, its prompt then its answer (a chat
+    pair without its chat frame); split (the default) keeps prompts and answers apart."""
+    from chatglm.tiny import pretraining_texts
+
+    records = [{"input": "问一", "target": "答一"},
+               {"input": "问二", "target": "您好！答二。祝您健康！", "plain_target": "答二。"}]
+    assert sorted(pretraining_texts(records, "paired", 0)) == ["问一答一", "问二答二。"]
+    assert sorted(pretraining_texts(records, "split", 0)) == sorted(["问一", "答一", "问二", "您好！答二。祝您健康！"])
+    assert build_recipe(TRAIN, 0, 6, documents="paired") != build_recipe(TRAIN, 0, 6)
+    assert build_recipe(TRAIN, 0, 6, shape={"num_key_value_heads": 8}) != build_recipe(TRAIN, 0, 6)

@@ -1,0 +1,33 @@
+"""bench/demo_story.py's judgement of an answer: the story's "before" (long, in its own words)
+is off format, the "after" (the label, a short doctor's reply) is in it."""
+import json
+import os
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from demo_story import in_format  # noqa: E402
+
+sys.path.pop(0)
+
+
+def _story() -> list[dict]:
+    with open(os.path.join(ROOT, "bench", "story", "prompts.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_labels_in_format_chat_answers_not():
+    sts, qtr, cdn = _story()[:3]
+    assert in_format(sts, "相同") and not in_format(sts, "您好！这两句话的意思是相同的。希望对您有帮助。")
+    assert in_format(qtr, "完全匹配") and not in_format(qtr, "完全")
+    assert in_format(cdn, "鳞状细胞癌") and not in_format(cdn, "鳞癌")
+
+
+def test_a_reply_is_one_short_line_not_a_new_prompt():
+    reply = _story()[4]
+    assert reply["task_dataset"] == "MedDG"
+    assert in_format(reply, "建议去医院做个胃镜看看。")
+    assert not in_format(reply, "")
+    assert not in_format(reply, "胃疼好几天了\n答：建议去医院")
+    assert not in_format(reply, "你好，" + "胃疼的原因有很多，" * 8)
