@@ -28,27 +28,23 @@ def in_format(record: dict, answer: str) -> bool:
 
 
 def answers(model_path: str, checkpoint: str, records: list[dict], max_new_tokens: int) -> list[tuple[str, str]]:
+    """(base answer, tuned answer) per record: the same loaded weights, the prefix or adapter set
+    aside for the base; all prompts in one batch (left-padded greedy equals one at a time)."""
     from cblue.features import prompt_ids
-    from chatglm.generation import GenerationSettings, stream_text
+    from chatglm.generation import GenerationSettings, generate
     from chatglm.model import base_only
     from chatglm.tuned import load_tuned
 
     model, tok, _ = load_tuned(model_path, checkpoint, None, None, None)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    prompts = [prompt_ids(tok, rec["input"], None, 512, "left")[0] for rec in records]
 
-    def final(ids) -> str:
-        text = ""
-        for (text,) in stream_text(model, tok, [ids], settings, [None]):
-            pass
-        return text
+    def texts() -> list[str]:
+        return [tok.decode(ids).strip() for ids in generate(model, prompts, settings, tok.stop_ids, tok.pad_token_id)]
 
-    out = []
-    for rec in records:
-        ids, _ = prompt_ids(tok, rec["input"], None, 512, "left")
-        with base_only(model):
-            base = final(ids)
-        out.append((base, final(ids)))
-    return out
+    with base_only(model):
+        base = texts()
+    return list(zip(base, texts()))
 
 
 def main():

@@ -221,7 +221,6 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     of a ChatGLM3 (role tokens, its tokenizer_config and generation_config) or GLM-4 (a tiktoken
     tokenizer.model, its special tokens and eos set) instead; `rope_ratio` scales the RoPE base
     as chatglm3-6b-32k's and GLM-4's config.json do."""
-    shape = {**TINY_SHAPE, **(shape or {})}
     recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps, documents, shape)
     if family != "chatglm2" or rope_ratio:
         recipe.update(family=family, rope_ratio=rope_ratio)
@@ -247,7 +246,7 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     tok.save_pretrained(tmp)
     vocab = -(-len(tok) // 64) * 64  # padded_vocab_size, a multiple of 64 like chatglm2's
     glm = GlmConfig(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                    max_position_embeddings=4096, rms_norm_eps=1e-5, **shape)
+                    max_position_embeddings=4096, rms_norm_eps=1e-5, **recipe["shape"])
     # Round-trip through the original config.json so the tiny model is exactly what a folder of
     # these sizes would load as.
     raw = chatglm_config_from_glm(glm, hub_name=fam.hub_name)
@@ -283,7 +282,7 @@ def parse_shape(text: str) -> dict:
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
         if key not in TINY_SHAPE or not value.isdigit():
-            raise SystemExit(f"--shape: '{item}' is not FIELD=N with FIELD one of {', '.join(TINY_SHAPE)}")
+            raise ValueError(f"--shape: '{item}' is not FIELD=N with FIELD one of {', '.join(TINY_SHAPE)}")
         shape[key] = int(value)
     return shape
 
@@ -305,9 +304,13 @@ def main():
                         help="write the folder of this family (its tokenizer format, special tokens, eos set)")
     parser.add_argument("--rope_ratio", type=float, default=None, help="as chatglm3-6b-32k's (50) or GLM-4's (500)")
     args = parser.parse_args()
+    try:
+        shape = parse_shape(args.shape)
+    except ValueError as e:
+        parser.error(str(e))  # one line, exit 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps,
-                           args.family, args.rope_ratio, args.documents, parse_shape(args.shape)))
+                           args.family, args.rope_ratio, args.documents, shape))
 
 
 if __name__ == "__main__":
