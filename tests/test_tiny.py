@@ -75,3 +75,14 @@ def test_paired_documents_keep_each_answer_after_its_prompt():
     assert sorted(pretraining_texts(records, "split", 0)) == sorted(["问一", "答一", "问二", "您好！答二。祝您健康！"])
     assert build_recipe(TRAIN, 0, 6, documents="paired") != build_recipe(TRAIN, 0, 6)
     assert build_recipe(TRAIN, 0, 6, shape={"num_key_value_heads": 8}) != build_recipe(TRAIN, 0, 6)
+
+
+def test_a_bad_shape_field_is_a_user_error():
+    import pytest
+
+    from chatglm.tiny import parse_shape
+
+    assert parse_shape("num_key_value_heads=8,num_hidden_layers=6") == {"num_key_value_heads": 8, "num_hidden_layers": 6}
+    for bad in ("bogus=1", "num_hidden_layers=x", "num_hidden_layers"):
+        with pytest.raises(ValueError, match="FIELD=N"):
+            parse_shape(bad)
