@@ -33,7 +33,7 @@ esac
 if [ -z "${MODEL:-}" ]; then
   MODEL=output/tiny-chatglm2
   [ -f "$MODEL/config.json" ] || { echo "evaluate.sh: no MODEL given and $MODEL is not built; run 'bash train.sh' first." >&2; exit 1; }
-  case "$METHOD" in lora) LR=${LR:-2e-3} ;; full) LR=${LR:-5e-4} ;; *) LR=${LR:-3e-2} ;; esac
+  case "$METHOD" in lora) LR=${LR:-2e-3} ;; full) LR=${LR:-5e-4} ;; *) LR=${LR:-1e-1} ;; esac
   CHECKPOINT=${CHECKPOINT:-tiny-chatglm2-$TAG-$LR}
   BATCH=${BATCH:-16}
   DEFAULTS=(--max_source_length 128 --max_target_length 96)

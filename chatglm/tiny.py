@@ -46,7 +46,8 @@ def _sha1(path: str) -> str:
 
 
 def build_recipe(train_file: str, seed: int, pretrain_steps: int, chat_file: str | None = None,
-                 chat_steps: int = 0, documents: str = "split", shape: dict | None = None) -> dict:
+                 chat_steps: int = 0, documents: str = "split", shape: dict | None = None,
+                 terse_cue: str = "") -> dict:
     """What the built model depends on; a cached build with another recipe is rebuilt."""
     recipe = {"train_file_sha1": _sha1(train_file), "seed": seed, "pretrain_steps": pretrain_steps,
               "shape": {**TINY_SHAPE, **(shape or {})}}
@@ -54,6 +55,8 @@ def build_recipe(train_file: str, seed: int, pretrain_steps: int, chat_file: str
         recipe.update(chat_file_sha1=_sha1(chat_file), chat_steps=chat_steps)
     if documents != "split":
         recipe.update(documents=documents)
+    if terse_cue:
+        recipe.update(terse_cue=terse_cue)
     return recipe
 
 
@@ -169,14 +172,28 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128,
     return fit(model, text_windows(tokenizer, texts, seq_len, batch_size, seed), steps, lr, "pre-training")
 
 
+def chat_columns(pairs: list[dict], terse_cue: str = "") -> dict:
+    """The chat stage's examples: each pair as asked (its chatty answer) and, with terse_cue, once
+    more with the cue before its question and its plain answer."""
+    columns = {"input": [p["input"] for p in pairs], "target": [p["target"] for p in pairs]}
+    if terse_cue:
+        columns["input"] += [terse_cue + p["input"] for p in pairs]
+        columns["target"] += [p.get("plain_target", p["target"]) for p in pairs]
+    return columns
+
+
 def chat_tune(model, tokenizer, pairs: list[dict], steps: int, batch_size: int = 16, lr: float = 1e-3,
-              seed: int = 0, texts: list[str] | None = None) -> list[float]:
+              seed: int = 0, texts: list[str] | None = None, terse_cue: str = "") -> list[float]:
     """Supervised stage on chat pairs, in the model's own prompt format and with the loss on the
     answer only, exactly as main.py builds a training row: afterwards the base answers any
-    prompt, at length and in its own words (the "before" of the demo, as ChatGLM2-6B is)."""
+    prompt, at length and in its own words (the "before" of the demo, as ChatGLM2-6B is).
+    With terse_cue, every pair is also taught once more with that instruction before its question
+    and its plain answer (plain_target) after it: the base then follows a brevity instruction as
+    instruction-tuned chat models do, a skill a prefix can call up (it can stand in for context
+    that is there, not take away context that is)."""
     from cblue.features import PadCollator, train_features
 
-    rows = train_features({"input": [p["input"] for p in pairs], "target": [p["target"] for p in pairs]},
+    rows = train_features(chat_columns(pairs, terse_cue),
                           tokenizer, "input", "target", None, 128, 192, "left")
     gen = torch.Generator().manual_seed(seed)
     collate = PadCollator(tokenizer.pad_token_id)  # main.py's: right padding, labels -100 on the pads
@@ -213,7 +230,8 @@ def pretraining_texts(records: list[dict], documents: str, seed: int) -> list[st
 
 def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0,
                      chat_file: str | None = None, chat_steps: int = 0, family: str = "chatglm2",
-                     rope_ratio: float | None = None, documents: str = "split", shape: dict | None = None) -> str:
+                     rope_ratio: float | None = None, documents: str = "split", shape: dict | None = None,
+                     terse_cue: str = "") -> str:
     """Build (once) and return out_dir. Built in a temporary folder and renamed when complete,
     so an interrupted build is never mistaken for a finished one. With chat_file (records of
     input = question, target = answer) the tokenizer and pre-training cover its texts too, and
@@ -221,7 +239,8 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     of a ChatGLM3 (role tokens, its tokenizer_config and generation_config) or GLM-4 (a tiktoken
     tokenizer.model, its special tokens and eos set) instead; `rope_ratio` scales the RoPE base
     as chatglm3-6b-32k's and GLM-4's config.json do."""
-    recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps, documents, shape)
+    recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps, documents, shape,
+                          terse_cue if chat_file and chat_steps else "")
     if family != "chatglm2" or rope_ratio:
         recipe.update(family=family, rope_ratio=rope_ratio)
     if is_built(out_dir, recipe):
@@ -262,7 +281,8 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     if pretrain_steps:
         pretrain(model, tok, texts, pretrain_steps, seed=seed)
     if chat and chat_steps:
-        chat_tune(model, tok, chat, chat_steps, seed=seed, texts=texts if documents == "paired" else None)
+        chat_tune(model, tok, chat, chat_steps, seed=seed, texts=texts if documents == "paired" else None,
+                  terse_cue=terse_cue)
     save_chatglm(model, tmp, hub_name=fam.hub_name)
     if fam.stops:  # what their chat stops at, as their hub folders write it
         with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
@@ -300,6 +320,9 @@ def main():
     parser.add_argument("--documents", default="split", choices=["split", "paired"],
                         help="pre-training texts: prompts and answers apart (split) or each record as one text (paired)")
     parser.add_argument("--shape", default="", help="fields of the tiny shape to change, e.g. num_key_value_heads=8")
+    parser.add_argument("--terse_cue", default="",
+                        help="an instruction the chat stage also teaches, each pair once more with it and its plain "
+                             "answer (e.g. '请简要回答：')")
     parser.add_argument("--family", default="chatglm2", choices=["chatglm2", "chatglm3", "glm4"],
                         help="write the folder of this family (its tokenizer format, special tokens, eos set)")
     parser.add_argument("--rope_ratio", type=float, default=None, help="as chatglm3-6b-32k's (50) or GLM-4's (500)")
@@ -310,7 +333,7 @@ def main():
         parser.error(str(e))  # one line, exit 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps,
-                           args.family, args.rope_ratio, args.documents, shape))
+                           args.family, args.rope_ratio, args.documents, shape, args.terse_cue))
 
 
 if __name__ == "__main__":

@@ -86,3 +86,17 @@ def test_a_bad_shape_field_is_a_user_error():
     for bad in ("bogus=1", "num_hidden_layers=x", "num_hidden_layers"):
         with pytest.raises(ValueError, match="FIELD=N"):
             parse_shape(bad)
+
+
+def test_the_terse_cue_teaches_each_chat_pair_twice():
+    """--terse_cue: the chat stage also teaches every pair with the cue before its question and
+    its plain answer after it (the brevity instruction a prefix can stand in for); the cue is part
+    of the recipe, so a base built without it is rebuilt."""
+    from chatglm.tiny import chat_columns
+
+    pairs = [{"input": "问一", "target": "您好！答一。祝您健康！", "plain_target": "答一。"}]
+    assert chat_columns(pairs) == {"input": ["问一"], "target": ["您好！答一。祝您健康！"]}
+    assert chat_columns(pairs, "请简要回答：") == {"input": ["问一", "请简要回答：问一"],
+                                               "target": ["您好！答一。祝您健康！", "答一。"]}
+    assert (build_recipe(TRAIN, 0, 6, CHAT, 3, terse_cue="请简要回答：")
+            != build_recipe(TRAIN, 0, 6, CHAT, 3))
