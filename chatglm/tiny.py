@@ -12,9 +12,10 @@ seed, pre-training steps) and is rebuilt when that changes.
 
 With `--chat_file PromptCBLUE/chat.json --chat_steps N` a supervised chat stage follows (long,
 chatty answers to conversational questions, tools/sample_chat.py), so the base answers like a
-chat model before tuning; `--documents paired` pre-trains on each record as one text (prompt
-then answer) and `--shape num_key_value_heads=8` changes the shape. train.sh uses none of them
-yet (BENCHMARKS.md, "The demo's base").
+chat model before tuning (`--terse_cue` also teaches it a brevity instruction); `--documents
+paired` pre-trains on each record as one text (prompt then answer) and `--shape
+num_key_value_heads=8` changes the shape. train.sh's embedded default uses all of them
+(BENCHMARKS.md, "The demo's base").
 """
 from __future__ import annotations
 
