@@ -1,7 +1,7 @@
 """The demo's before/after on the story's kind of prompts: the base model and the tuned one, free
 decoding (no grammar), greedy, as `python chat.py --constrained_decoding false` answers them.
 
-    python bench/demo_story.py --model output/tiny-chatglm2 --checkpoint output/tiny-chatglm2-pt-128-3e-2
+    python bench/demo_story.py --model output/tiny-chatglm2 --checkpoint output/tiny-chatglm2-pt-128-1e-1
 
 Prompts: bench/story/prompts.jsonl (my own wordings of the story's six: STS, search match,
 diagnosis normalisation, search intent, two doctor replies; records with task_dataset and

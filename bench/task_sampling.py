@@ -5,8 +5,8 @@ seed and budget, each scored on the validation file during training (main.py --e
     python bench/task_sampling.py --model output/tiny-real --train_file ../shared/data/promptcblue/train.json \
         --validation_file ../shared/data/promptcblue/dev.json --out output/bench-sampling-real -- --max_source_length 256
 
-Each run is `main.py` as train.sh runs it (P-tuning, prefix 128, lr 3e-2 on the tiny model),
-`--task_sampling <mode>` added (`none`: plain shuffling, the original). Prints a markdown table of
+Each run is `main.py` as train.sh ran it before 2026-12-03 (P-tuning, prefix 128, lr 3e-2 on the
+tiny model), `--task_sampling <mode>` added (`none`: plain shuffling, the original). Prints a markdown table of
 the best and final overall score and each task's metric at the best step, and its JSON.
 """
 import argparse
