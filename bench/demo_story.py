@@ -7,8 +7,8 @@ Prompts: bench/story/prompts.jsonl (my own wordings of the story's six: STS, sea
 diagnosis normalisation, search intent, two doctor replies; records with task_dataset and
 answer_choices so the official parser's validity check applies). An answer is in format when the
 parser reads all of it with labels from the options (closed-set tasks) or, for a doctor's reply,
-when it is one short line that is not a new prompt (no "答：", no options line, at most 60
-characters). Prints each answer, the counts, and JSON.
+when it is one short sentence that is not a new prompt (no "答：", no options line, at most 60
+characters, ending in 。？！). Prints each answer, the counts, and JSON.
 """
 import argparse
 import json
@@ -23,8 +23,11 @@ def in_format(record: dict, answer: str) -> bool:
     valid = answer_is_valid(record["task_dataset"], answer, record.get("answer_choices", []))
     if valid is not None:
         return valid
+    # A doctor's reply is one short sentence (every MedDG target of the sample data ends in 。 or
+    # ？), so a bare label such as "病因分析" is not one, nor a new prompt.
     text = answer.strip()
-    return bool(text) and "\n" not in text and "答：" not in text and "选项" not in text and len(text) <= 60
+    return (bool(text) and "\n" not in text and "答：" not in text and "选项" not in text and len(text) <= 60
+            and text[-1] in "。？！")
 
 
 def answers(model_path: str, checkpoint: str, records: list[dict], max_new_tokens: int) -> list[tuple[str, str]]:

@@ -29,5 +29,6 @@ def test_a_reply_is_one_short_line_not_a_new_prompt():
     assert reply["task_dataset"] == "MedDG"
     assert in_format(reply, "建议去医院做个胃镜看看。")
     assert not in_format(reply, "")
+    assert not in_format(reply, "病因分析")  # another task's label is not a reply
     assert not in_format(reply, "胃疼好几天了\n答：建议去医院")
     assert not in_format(reply, "你好，" + "胃疼的原因有很多，" * 8)
