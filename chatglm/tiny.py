@@ -8,7 +8,9 @@ texts, written as config.json + pytorch_model.bin + tokenizer.model. It then goe
 exactly the loading path a downloaded chatglm2-6b does. The folder remembers its recipe (data,
 seed, pre-training steps) and is rebuilt when that changes.
 
-    python -m chatglm.tiny --train_file PromptCBLUE/train.json --out output/tiny-chatglm2 --pretrain_steps 600
+    python -m chatglm.tiny --train_file PromptCBLUE/train.json --out output/tiny-chatglm2 --pretrain_steps 300 \
+        --documents paired --shape num_key_value_heads=8 --chat_file PromptCBLUE/chat.json --chat_steps 200 \
+        --terse_cue 请简要回答：      # what train.sh builds
 
 With `--chat_file PromptCBLUE/chat.json --chat_steps N` a supervised chat stage follows (long,
 chatty answers to conversational questions, tools/sample_chat.py), so the base answers like a
