@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 TINY_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, head_dim=32,
                   num_key_value_heads=2, intermediate_size=688)
 DONE_MARKER = ".complete"
+PRETRAIN_LR = 3e-3  # the pre-training's peak learning rate (AdamW, warm-up, cosine decay)
 
 
 def _sha1(path: str) -> str:
@@ -50,7 +51,7 @@ def _sha1(path: str) -> str:
 
 def build_recipe(train_file: str, seed: int, pretrain_steps: int, chat_file: str | None = None,
                  chat_steps: int = 0, documents: str = "split", shape: dict | None = None,
-                 terse_cue: str = "") -> dict:
+                 terse_cue: str = "", pretrain_lr: float = PRETRAIN_LR) -> dict:
     """What the built model depends on; a cached build with another recipe is rebuilt."""
     recipe = {"train_file_sha1": _sha1(train_file), "seed": seed, "pretrain_steps": pretrain_steps,
               "shape": {**TINY_SHAPE, **(shape or {})}}
@@ -60,6 +61,8 @@ def build_recipe(train_file: str, seed: int, pretrain_steps: int, chat_file: str
         recipe.update(documents=documents)
     if terse_cue:
         recipe.update(terse_cue=terse_cue)
+    if pretrain_lr != PRETRAIN_LR:  # recorded only when changed, so earlier builds stay cached
+        recipe.update(pretrain_lr=pretrain_lr)
     return recipe
 
 
@@ -170,7 +173,7 @@ def text_windows(tokenizer, texts: list[str], seq_len: int = 128, batch_size: in
 
 
 def pretrain(model, tokenizer, texts: list[str], steps: int, seq_len: int = 128, batch_size: int = 16,
-             lr: float = 3e-3, seed: int = 0) -> list[float]:
+             lr: float = PRETRAIN_LR, seed: int = 0) -> list[float]:
     """Causal-LM training of all weights on plain texts (no chat template)."""
     return fit(model, text_windows(tokenizer, texts, seq_len, batch_size, seed), steps, lr, "pre-training")
 
@@ -234,7 +237,7 @@ def pretraining_texts(records: list[dict], documents: str, seed: int) -> list[st
 def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0,
                      chat_file: str | None = None, chat_steps: int = 0, family: str = "chatglm2",
                      rope_ratio: float | None = None, documents: str = "split", shape: dict | None = None,
-                     terse_cue: str = "") -> str:
+                     terse_cue: str = "", pretrain_lr: float = PRETRAIN_LR) -> str:
     """Build (once) and return out_dir. Built in a temporary folder and renamed when complete,
     so an interrupted build is never mistaken for a finished one. With chat_file (records of
     input = question, target = answer) the tokenizer and pre-training cover its texts too, and
@@ -243,7 +246,7 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     tokenizer.model, its special tokens and eos set) instead; `rope_ratio` scales the RoPE base
     as chatglm3-6b-32k's and GLM-4's config.json do."""
     recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps, documents, shape,
-                          terse_cue if chat_file and chat_steps else "")
+                          terse_cue if chat_file and chat_steps else "", pretrain_lr)
     if family != "chatglm2" or rope_ratio:
         recipe.update(family=family, rope_ratio=rope_ratio)
     if is_built(out_dir, recipe):
@@ -282,7 +285,7 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     chat = _read(chat_file) if chat_file else []
     texts = pretraining_texts(_read(train_file) + chat, documents, seed)
     if pretrain_steps:
-        pretrain(model, tok, texts, pretrain_steps, seed=seed)
+        pretrain(model, tok, texts, pretrain_steps, lr=pretrain_lr, seed=seed)
     if chat and chat_steps:
         chat_tune(model, tok, chat, chat_steps, seed=seed, texts=texts if documents == "paired" else None,
                   terse_cue=terse_cue)
@@ -317,6 +320,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain_steps", type=int, default=0,
                         help="causal-LM pre-training steps on the texts of --train_file (0: random weights)")
+    parser.add_argument("--pretrain_lr", type=float, default=PRETRAIN_LR, help="the pre-training's peak learning rate")
     parser.add_argument("--chat_file", default=None,
                         help="chat pairs (input, target) for a supervised stage after pre-training: PromptCBLUE/chat.json")
     parser.add_argument("--chat_steps", type=int, default=0)
@@ -336,7 +340,7 @@ def main():
         parser.error(str(e))  # one line, exit 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps,
-                           args.family, args.rope_ratio, args.documents, shape, args.terse_cue))
+                           args.family, args.rope_ratio, args.documents, shape, args.terse_cue, args.pretrain_lr))
 
 
 if __name__ == "__main__":

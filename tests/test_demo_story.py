@@ -7,7 +7,7 @@ import sys
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from demo_story import in_format  # noqa: E402
+from demo_story import STORY_TASKS, at_length, in_format, sample_records  # noqa: E402
 
 sys.path.pop(0)
 
@@ -32,3 +32,24 @@ def test_a_reply_is_one_short_line_not_a_new_prompt():
     assert not in_format(reply, "病因分析")  # another task's label is not a reply
     assert not in_format(reply, "胃疼好几天了\n答：建议去医院")
     assert not in_format(reply, "你好，" + "胃疼的原因有很多，" * 8)
+
+
+def test_at_length_is_a_long_answer_off_format():
+    sts = _story()[0]
+    chatty = "您好！我比较了一下这两句话，它们问的都是高血压该吃什么药，只是说法不一样，所以意思是相同的。"
+    assert at_length(sts, chatty)
+    assert not at_length(sts, "相同")  # the label: in format
+    assert not at_length(sts, "这是一个很常见的问题。")  # off format, but not an answer at length
+
+
+def test_real_wordings_are_drawn_per_task_seeded_and_short():
+    shared = os.path.join(ROOT, "..", "shared", "data", "promptcblue")
+    files = [os.path.join(shared, "dev.json"), os.path.join(shared, "test_inputs.json")]
+    if not all(os.path.isfile(f) for f in files):
+        import pytest
+
+        pytest.skip("../shared/data/promptcblue is not beside this checkout")
+    drawn = sample_records(files, 3, seed=1)
+    assert [r["task_dataset"] for r in drawn] == [t for t in STORY_TASKS for _ in range(3)]
+    assert all(len(r["input"]) <= 160 for r in drawn)
+    assert drawn == sample_records(files, 3, seed=1) != sample_records(files, 3, seed=2)
