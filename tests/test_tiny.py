@@ -100,3 +100,11 @@ def test_the_terse_cue_teaches_each_chat_pair_twice():
                                                "target": ["您好！答一。祝您健康！", "答一。"]}
     assert (build_recipe(TRAIN, 0, 6, CHAT, 3, terse_cue="请简要回答：")
             != build_recipe(TRAIN, 0, 6, CHAT, 3))
+
+
+def test_the_pretraining_rate_is_part_of_the_recipe_only_when_changed():
+    from chatglm.tiny import PRETRAIN_LR
+
+    # The default rate leaves the recipe as before (cached builds stay valid); another rebuilds.
+    assert "pretrain_lr" not in build_recipe(TRAIN, 0, 6, pretrain_lr=PRETRAIN_LR)
+    assert build_recipe(TRAIN, 0, 6, pretrain_lr=6e-3) != build_recipe(TRAIN, 0, 6)
