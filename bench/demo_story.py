@@ -48,7 +48,7 @@ def at_length(record: dict, answer: str) -> bool:
 def sample_records(files: list[str], per_task: int, seed: int = 1, tasks=STORY_TASKS,
                    max_chars: int = 160) -> list[dict]:
     """per_task records of each story task from PromptCBLUE-format files, seeded; prompts short
-    enough for the tiny model's 128-token source (longer ones are cut from the left)."""
+    enough for the tiny model's 128-token source."""
     pool = {}
     for path in files:
         with open(path, encoding="utf-8") as f:
@@ -57,8 +57,8 @@ def sample_records(files: list[str], per_task: int, seed: int = 1, tasks=STORY_T
                 if rec and rec.get("task_dataset") in tasks and len(rec["input"]) <= max_chars:
                     pool.setdefault(rec["task_dataset"], []).append(rec)
     rng = random.Random(seed)
-    return [{k: rec.get(k) for k in ("input", "answer_choices", "task_dataset")}
-            for task in tasks for rec in rng.sample(pool.get(task, []), min(per_task, len(pool.get(task, []))))]
+    drawn = [rec for task in tasks for rec in rng.sample(pool.get(task, []), min(per_task, len(pool.get(task, []))))]
+    return [{k: rec.get(k) for k in ("input", "answer_choices", "task_dataset")} for rec in drawn]
 
 
 def answers(model_path: str, checkpoint: str, records: list[dict], max_new_tokens: int) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ TINY_DEFAULTS = ["--max_source_length", "128", "--max_target_length", "96", "--p
 
 
 def build(args) -> tuple[str, float]:
-    from chatglm.tiny import build_tiny_model, parse_shape
+    from chatglm.tiny import PRETRAIN_LR, build_tiny_model, parse_shape
 
     shape = parse_shape(args.shape)
     tag = "".join(f"-{k.split('_')[-1][:3]}{v}" for k, v in shape.items())
@@ -35,7 +35,7 @@ def build(args) -> tuple[str, float]:
     build_tiny_model(os.path.join(ROOT, args.train_file), out, pretrain_steps=args.pretrain_steps,
                      chat_file=os.path.join(ROOT, args.chat_file) if args.chat_steps else None,
                      chat_steps=args.chat_steps, documents=args.documents, shape=shape,
-                     terse_cue=args.terse_cue, **({"pretrain_lr": args.pretrain_lr} if args.pretrain_lr else {}))
+                     terse_cue=args.terse_cue, pretrain_lr=args.pretrain_lr or PRETRAIN_LR)
     return out, time.time() - start
 
 
