@@ -95,14 +95,18 @@ def gemm_flops_per_second(config, tokens: int, dtype: torch.dtype, repeats: int 
     return flops / elapsed
 
 
-def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes/s this process reads from memory: a sum over a buffer far larger than the caches."""
+def read_bandwidth(gib: float = 2.0, repeats: int = 7) -> float:
+    """Bytes/s this process reads from memory: a sum over a buffer far larger than the caches,
+    the fastest of `repeats` (on a shared machine a neighbour only ever slows a pass down; the
+    mean of a noisy run once put the decode step below the time to read the weights)."""
     x = torch.ones(int(gib * 2 ** 30 / 4), dtype=torch.float32)
     x.sum()
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(repeats):
+        start = time.perf_counter()
         x.sum()
-    return repeats * x.numel() * 4 / (time.perf_counter() - start)
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
 
 
 def load(args, pre_seq_len=None):

@@ -61,6 +61,21 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), mask.to(device)
 
 
+def prefill(model: ChatGLM, ids: torch.Tensor, mask: torch.Tensor):
+    """The prompt pass: the prefix in front, the KV cache filled, and the logits of each row's
+    last position -> (logits [batch, vocab] fp32, cache, mask with the prefix columns, positions).
+    Only the last position goes through the output layer, as a [batch, hidden] matrix: given
+    transformers' `logits_to_keep=1` instead, the output layer gets a strided [batch, 1, hidden]
+    view, which torch's matmul cannot fold into one product and runs as a batched product over a
+    copy of the output layer for every row (0.5 GB a row at 6B; BENCHMARKS.md)."""
+    full_mask = model.extend_mask(mask)
+    positions = positions_from_mask(mask)
+    out = model.base.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                           past_key_values=model.past_for(ids.shape[0], growing=True), use_cache=True)
+    logits = model.base.lm_head(out.last_hidden_state[:, -1]).float()
+    return logits, out.past_key_values, full_mask, positions
+
+
 class _Stepper:
     """Feeds a batch through the model, one token per row per step.
 
@@ -70,14 +85,9 @@ class _Stepper:
 
     def __init__(self, model: ChatGLM, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
                  compiled: bool = False):
-        cache = model.past_for(ids.shape[0], growing=True)
-        full_mask = model.extend_mask(mask)
-        positions = positions_from_mask(mask)
-        out = model.base(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self.logits = out.logits[:, -1].float()
-        self.decoder = StaticDecoder(model.base, out.past_key_values, full_mask, positions[:, -1:] + 1,
-                                     max_new_tokens, compiled=compiled)
+        self.logits, cache, full_mask, positions = prefill(model, ids, mask)
+        self.decoder = StaticDecoder(model.base, cache, full_mask, positions[:, -1:] + 1, max_new_tokens,
+                                     compiled=compiled)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.logits = self.decoder.step(tokens)

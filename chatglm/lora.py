@@ -65,11 +65,38 @@ def _lora_params(base):
     return [(n, p) for n, p in base.named_parameters() if ".lora_" in n]
 
 
+def _lora_linear_class():
+    """PEFT's LoRA Linear with the adapter's product in the activations' dtype, added to the
+    base layer's output by one addmm. PEFT casts a bf16/fp16 input up to the fp32 adapter and
+    adds the fp32 product to the half-precision output (a mixed-dtype add, then a cast back):
+    three extra passes over every adapted layer's output, in fp32; at 6B on the CPU that made a
+    LoRA step 1.9x a P-tuning step (BENCHMARKS.md). The fp32 weights still train: the casts
+    carry their gradients back in fp32, as autocast would. Merged or disabled adapters and other
+    variants (DoRA...) take PEFT's own path."""
+    from peft.tuners.lora.layer import Linear
+
+    class LoraLinear(Linear):
+        def forward(self, x, *args, **kwargs):
+            if self.disable_adapters or self.merged or self.lora_variant or kwargs.get("adapter_names") is not None:
+                return super().forward(x, *args, **kwargs)
+            result = self.base_layer(x, *args, **kwargs)
+            for name in self.active_adapters:
+                if name not in self.lora_A:
+                    continue
+                a = self.lora_A[name].weight.to(result.dtype)
+                b = self.lora_B[name].weight.to(result.dtype)
+                down = self.lora_dropout[name](x.to(result.dtype)).reshape(-1, x.shape[-1]) @ a.t()
+                result = torch.addmm(result.reshape(-1, result.shape[-1]), down, b.t(),
+                                     alpha=self.scaling[name]).view(result.shape)
+            return result
+
+    return LoraLinear
+
+
 def add_lora(base, rank: int, alpha: float, dropout: float, targets: list[str]):
     """Inject fresh adapters (A random, B zero: the model is unchanged until it trains). The
     adapters are fp32 whatever the base's dtype; only they train."""
     from peft import LoraConfig, inject_adapter_in_model  # imported here: peft takes seconds to import
-    from peft.tuners.lora.layer import Linear as LoraLinear
 
     from .quantization import QuantizedLinear
 
@@ -77,7 +104,8 @@ def add_lora(base, rank: int, alpha: float, dropout: float, targets: list[str]):
                         task_type="CAUSAL_LM")
     # PEFT's Linear adapter only needs its base layer's forward and in/out features, which the
     # quantized layer has: LoRA on an int8/int4 frozen base (QLoRA-style) is the same adapter.
-    config._register_custom_module({QuantizedLinear: LoraLinear})
+    lora_linear = _lora_linear_class()
+    config._register_custom_module({torch.nn.Linear: lora_linear, QuantizedLinear: lora_linear})
     with warnings.catch_warnings():  # PEFT warns about the custom layer it was just told about
         warnings.filterwarnings("ignore", message="Unsupported layer type")
         inject_adapter_in_model(config, base)

@@ -313,6 +313,7 @@ def simulate_prediction(config, s: RunSettings) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .decode import StaticDecoder
+    from .generation import prefill
 
     new = s.eval_new_tokens or s.target
     ids = torch.full((s.eval_batch, s.source), 5, dtype=torch.long)
@@ -324,15 +325,9 @@ def simulate_prediction(config, s: RunSettings) -> dict:
 
         def run(tracker):
             with torch.no_grad():
-                from transformers.cache_utils import DynamicCache
-
-                cache = model.past_for(ids.shape[0], growing=True) or DynamicCache(config=config)
-                full_mask = model.extend_mask(mask)
-                out = model.base(input_ids=ids, attention_mask=full_mask, position_ids=(mask.cumsum(-1) - 1),
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-                logits = out.logits[:, -1].float()
-                decoder = StaticDecoder(model.base, out.past_key_values, full_mask, mask.sum(-1, keepdim=True), new)
-                del out
+                logits, cache, full_mask, positions = prefill(model, ids, mask)
+                decoder = StaticDecoder(model.base, cache, full_mask, positions[:, -1:] + 1, new)
+                del cache
                 tracker.reset_mod_stats()  # the decode step runs the modules a second time
                 decoder.step(logits.argmax(-1))
                 return sum(k.numel() * k.element_size() for k in decoder.cache.keys + decoder.cache.values)
