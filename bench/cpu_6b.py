@@ -16,7 +16,8 @@ in a fresh process; every figure is printed as JSON (and the whole as one JSON a
   layer per answer token), `fraction_of_gemm_6n` the issue's 6 x all parameters. A torch profile of one
   step says where the rest goes. The tracked step also checks chatglm.memory's estimate.
 - predict: the prompt pass (160-token prompts) and the decode step at batch 1 and 8, against the
-  time to read the weights once at the read bandwidth measured in the same process;
+  time to read the weights once at the read bandwidth measured in the same process, and against
+  the same weight products timed alone (what the matrix library itself reaches at that batch);
 - memory: chatglm.memory's estimate against the live tensor bytes of a real step (MemTracker) at the
   tiny and a medium shape (the 6B shape is checked in the ptuning phase).
 Targets (issue 20): load <= 1.1 x weights; P-tuning >= 0.75, LoRA >= 0.60 of the GEMM; decode
@@ -107,6 +108,27 @@ def read_bandwidth(gib: float = 2.0, repeats: int = 7) -> float:
         x.sum()
         best = min(best, time.perf_counter() - start)
     return x.numel() * 4 / best
+
+
+def products_seconds(config, rows: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The time a decode step's weight products take alone at `rows` rows: each layer's four
+    linear maps and the output layer, each on its own (the fastest of `repeats`), summed over the
+    layers. The step against this says what the model adds to the library's own products."""
+    import torch.nn.functional as F
+
+    total = 0.0
+    shapes = [(s, config.num_hidden_layers) for s in linear_shapes(config)] + [((config.hidden_size, config.vocab_size), 1)]
+    for (k, n), count in shapes:
+        w, x = torch.randn(n, k, dtype=dtype), torch.randn(rows, k, dtype=dtype)
+        F.linear(x, w)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            F.linear(x, w)
+            best = min(best, time.perf_counter() - start)
+        total += count * best
+        del w
+    return total
 
 
 def load(args, pre_seq_len=None):
@@ -291,8 +313,12 @@ def phase_predict(args):
                 generate(model, prompts, s, eos_token_id=-1, pad_token_id=0)
                 times[k] = time.perf_counter() - start
         step = (times[1 + args.new_tokens] - times[1]) / args.new_tokens
+        products = products_seconds(model.config, batch, model.dtype)
         out[f"batch_{batch}"] = {"prompt_pass_seconds": round(times[1], 2), "decode_step_seconds": round(step, 3),
-                                 "decode_over_weight_read": round(step / read_s, 3)}
+                                 "decode_over_weight_read": round(step / read_s, 3),
+                                 "products_alone_seconds": round(products, 3),
+                                 "decode_over_products_alone": round(step / products, 3),
+                                 "products_read_gb_per_second": round(weights / products / 1e9, 2)}
         print(json.dumps({"predict": out}), flush=True)
     return out
 

@@ -30,9 +30,10 @@ def build(args) -> tuple[str, float]:
     tag = "".join(f"-{k.split('_')[-1][:3]}{v}" for k, v in shape.items())
     tag += "-cue" if args.terse_cue else ""
     tag += f"-lr{args.pretrain_lr:g}" if args.pretrain_lr else ""
+    tag += f"-seed{args.seed}" if args.seed else ""
     out = os.path.join(args.out, f"tiny-{args.documents}{tag}-p{args.pretrain_steps}-c{args.chat_steps}")
     start = time.time()
-    build_tiny_model(os.path.join(ROOT, args.train_file), out, pretrain_steps=args.pretrain_steps,
+    build_tiny_model(os.path.join(ROOT, args.train_file), out, seed=args.seed, pretrain_steps=args.pretrain_steps,
                      chat_file=os.path.join(ROOT, args.chat_file) if args.chat_steps else None,
                      chat_steps=args.chat_steps, documents=args.documents, shape=shape,
                      terse_cue=args.terse_cue, pretrain_lr=args.pretrain_lr or PRETRAIN_LR)
@@ -71,6 +72,7 @@ def main():
     ap.add_argument("--shape", default="", help="the tiny shape's fields to change: num_key_value_heads=8,num_hidden_layers=6")
     ap.add_argument("--terse_cue", default="", help="as python -m chatglm.tiny's")
     ap.add_argument("--pretrain_lr", type=float, default=None, help="as python -m chatglm.tiny's (default: its own)")
+    ap.add_argument("--seed", type=int, default=0, help="the base's build seed (as python -m chatglm.tiny's)")
     ap.add_argument("--max_steps", type=int, default=800)
     ap.add_argument("--eval_steps", type=int, default=0, help="default: half of --max_steps")
     ap.add_argument("--run", action="append", required=True, help="NAME:main.py flags")

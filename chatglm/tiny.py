@@ -6,7 +6,8 @@ MODEL builds this once: a sentencepiece tokenizer trained on the PromptCBLUE tra
 parameters, randomly initialised and optionally pre-trained briefly as a causal LM on the file's
 texts, written as config.json + pytorch_model.bin + tokenizer.model. It then goes through
 exactly the loading path a downloaded chatglm2-6b does. The folder remembers its recipe (data,
-seed, pre-training steps) and is rebuilt when that changes.
+seed, pre-training steps) and is rebuilt when that changes. train.sh's recipe ships built, as
+chatglm/demo_base (fp16 weights, tokenizer, recipe), and is unpacked instead of trained.
 
     python -m chatglm.tiny --train_file PromptCBLUE/train.json --out output/tiny-chatglm2 --pretrain_steps 300 \
         --documents paired --shape num_key_value_heads=8 --chat_file PromptCBLUE/chat.json --chat_steps 200 \

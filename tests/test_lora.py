@@ -202,3 +202,27 @@ def test_a_damaged_adapter_is_named_in_one_line(tiny_model, tmp_path, damage):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [l for l in proc.stderr.splitlines() if l.startswith("main.py: error:")]
     assert len(lines) == 1 and str(ckpt) in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_half_precision_base_adds_the_adapter_in_its_own_dtype(tiny_model):
+    """Our LoRA layer gives PEFT's result (W x + s B A x) on a bf16 base without PEFT's fp32
+    detour (an fp32 copy of every adapted layer's output), and its fp32 weights still get
+    gradients."""
+    from chatglm.lora import add_lora
+
+    torch.manual_seed(0)
+    base = load_glm(tiny_model, dtype=torch.bfloat16)
+    add_lora(base, 4, 8.0, 0.0, ["gate_up_proj"])
+    layer = base.model.layers[0].mlp.gate_up_proj
+    torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.5)  # B starts at zero: give it a product
+    x = torch.randn(3, 5, layer.in_features, dtype=torch.bfloat16)
+    ours = layer(x)
+    peft = type(layer).__mro__[1].forward(layer, x)  # PEFT's own Linear.forward
+    assert ours.dtype == torch.bfloat16 and ours.shape == peft.shape
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    exact = x.float() @ layer.base_layer.weight.float().t() + 2.0 * (x.float() @ a.t() @ b.t())
+    assert (ours.float() - exact).abs().max() <= (peft.float() - exact).abs().max() * 1.5 + 0.05
+    assert not torch.equal(ours, layer.base_layer(x))  # the adapter did add something
+    ours.float().square().sum().backward()
+    assert a.grad is not None and a.grad.dtype == torch.float32 and a.grad.abs().sum() > 0
+    assert b.grad is not None and b.grad.dtype == torch.float32
