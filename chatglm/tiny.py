@@ -101,6 +101,18 @@ def write_snapshot(model, tokenizer_model: str, recipe: dict, out_dir: str) -> N
         json.dump(recipe, f, indent=1, ensure_ascii=False)
 
 
+def _read_snapshot(snapshot_dir: str) -> dict | None:
+    """The snapshot's weights, or None (and a warning) where they cannot be read, e.g. a clone
+    that fetched a placeholder instead of the file: then the base is built as if none shipped."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(os.path.join(snapshot_dir, "model.safetensors"))
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        logger.warning("The shipped base in %s is unreadable (%s); building it instead", snapshot_dir, e)
+        return None
+
+
 def _read(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -276,7 +288,8 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
         recipe.update(family=family, rope_ratio=rope_ratio)
     if is_built(out_dir, recipe) and not write_snapshot_to:
         return out_dir
-    shipped = snapshot_dir and _same_recipe(os.path.join(snapshot_dir, "recipe.json"), recipe)
+    shipped = _read_snapshot(snapshot_dir) if snapshot_dir and _same_recipe(
+        os.path.join(snapshot_dir, "recipe.json"), recipe) else None
     from transformers import GlmConfig, GlmForCausalLM
 
     from .checkpoint import save_chatglm
@@ -311,9 +324,7 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     torch.manual_seed(seed)
     model = GlmForCausalLM._from_config(config, dtype=torch.float32)
     if shipped:
-        from safetensors.torch import load_file
-
-        model.load_state_dict({k: v.float() for k, v in load_file(os.path.join(snapshot_dir, "model.safetensors")).items()})
+        model.load_state_dict({k: v.float() for k, v in shipped.items()})
         logger.info("Unpacked the shipped base (%s: built by this recipe, fp16)", snapshot_dir)
     else:
         chat = _read(chat_file) if chat_file else []

@@ -164,3 +164,17 @@ def test_train_sh_builds_the_shipped_base_by_unpacking_it(tmp_path):
     assert "pre-training:" not in proc.stderr
     with open(os.path.join(ROOT, "chatglm", "demo_base", "recipe.json"), encoding="utf-8") as f:
         assert is_built(str(tmp_path / "base"), json.load(f))
+
+
+def test_an_unreadable_snapshot_is_built_instead(tmp_path, caplog):
+    import shutil
+
+    import chatglm.tiny as tiny
+
+    snap = tmp_path / "snap"
+    shutil.copytree(os.path.join(ROOT, "chatglm", "demo_base"), snap)
+    (snap / "recipe.json").write_text(json.dumps(build_recipe(TRAIN, 0, 2)), encoding="utf-8")
+    (snap / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")  # a placeholder
+    with caplog.at_level("WARNING"):
+        out = tiny.build_tiny_model(TRAIN, str(tmp_path / "m"), pretrain_steps=2, snapshot_dir=str(snap))
+    assert "unreadable" in caplog.text and is_built(out, build_recipe(TRAIN, 0, 2))
