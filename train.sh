@@ -49,9 +49,8 @@ case "$METHOD" in
 esac
 
 if [ -z "${MODEL:-}" ]; then
-  # The embedded default: written once under output/ (cached), then P-tuned in a few minutes on 2 CPU
-  # cores. This recipe's result ships as chatglm/demo_base (unpacked in a second; any other recipe
-  # is built, ~4 min; tests/test_tiny.py fails while the two differ). A small chat model: pre-trained on each record as one text, then a short chat stage on
+  # The embedded default: built once under output/ (cached), then P-tuned in a few minutes on 2 CPU
+  # cores. A small chat model: pre-trained on each record as one text, then a short chat stage on
   # long, chatty answers to questions in other wordings (PromptCBLUE/chat.json), which also teaches
   # a brevity instruction; so it answers PromptCBLUE prompts at length until tuned (BENCHMARKS.md,
   # "The demo's base"). Key/value heads 8: a wider prefix per layer than the 6B's GQA 2 of 32.

@@ -6,8 +6,7 @@ MODEL builds this once: a sentencepiece tokenizer trained on the PromptCBLUE tra
 parameters, randomly initialised and optionally pre-trained briefly as a causal LM on the file's
 texts, written as config.json + pytorch_model.bin + tokenizer.model. It then goes through
 exactly the loading path a downloaded chatglm2-6b does. The folder remembers its recipe (data,
-seed, pre-training steps) and is rebuilt when that changes. train.sh's recipe ships built, as
-chatglm/demo_base (fp16 weights, tokenizer, recipe), and is unpacked instead of trained.
+seed, pre-training steps) and is rebuilt when that changes.
 
     python -m chatglm.tiny --train_file PromptCBLUE/train.json --out output/tiny-chatglm2 --pretrain_steps 300 \
         --documents paired --shape num_key_value_heads=8 --chat_file PromptCBLUE/chat.json --chat_steps 200 \
@@ -40,10 +39,6 @@ logger = logging.getLogger(__name__)
 TINY_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, head_dim=32,
                   num_key_value_heads=2, intermediate_size=688)
 DONE_MARKER = ".complete"
-# train.sh's base, as built by its recipe, shipped with the code (fp16 weights, its tokenizer and
-# the recipe): a fresh clone unpacks it in seconds instead of spending 4 minutes of its first run
-# building it. Any other recipe (other data, steps, shape) is built as before.
-SHIPPED_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_base")
 PRETRAIN_LR = 3e-3  # the pre-training's peak learning rate (AdamW, warm-up, cosine decay)
 
 
@@ -71,46 +66,17 @@ def build_recipe(train_file: str, seed: int, pretrain_steps: int, chat_file: str
     return recipe
 
 
-def _same_recipe(path: str, recipe: dict) -> bool:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f) == json.loads(json.dumps(recipe))
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def is_built(out_dir: str, recipe: dict | None = None) -> bool:
     marker = os.path.join(out_dir, DONE_MARKER)
-    return os.path.isfile(marker) and (recipe is None or _same_recipe(marker, recipe))
-
-
-def write_snapshot(model, tokenizer_model: str, recipe: dict, out_dir: str) -> None:
-    """The built base in the form shipped as chatglm/demo_base: fp16 weights (Glm names, half the
-    bytes of fp32; the base is only ever tuned from, so its last bits do not matter), the
-    tokenizer, and the recipe that built it, written last."""
-    from safetensors.torch import save_file
-
-    os.makedirs(out_dir, exist_ok=True)
-    recipe_file = os.path.join(out_dir, "recipe.json")
-    if os.path.exists(recipe_file):  # until the new one is complete, the folder matches no recipe
-        os.remove(recipe_file)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    shutil.copyfile(tokenizer_model, os.path.join(out_dir, "tokenizer.model"))
-    with open(recipe_file, "w", encoding="utf-8") as f:
-        json.dump(recipe, f, indent=1, ensure_ascii=False)
-
-
-def _read_snapshot(snapshot_dir: str) -> dict | None:
-    """The snapshot's weights, or None (and a warning) where they cannot be read, e.g. a clone
-    that fetched a placeholder instead of the file: then the base is built as if none shipped."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(os.path.join(snapshot_dir, "model.safetensors"))
-    except Exception as e:  # safetensors raises its own error types for a damaged header
-        logger.warning("The shipped base in %s is unreadable (%s); building it instead", snapshot_dir, e)
-        return None
+    if not os.path.isfile(marker):
+        return False
+    if recipe is None:
+        return True
+    with open(marker, encoding="utf-8") as f:
+        try:
+            return json.load(f) == json.loads(json.dumps(recipe))
+        except json.JSONDecodeError:
+            return False
 
 
 def _read(path: str) -> list[dict]:
@@ -271,25 +237,20 @@ def pretraining_texts(records: list[dict], documents: str, seed: int) -> list[st
 def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_steps: int = 0,
                      chat_file: str | None = None, chat_steps: int = 0, family: str = "chatglm2",
                      rope_ratio: float | None = None, documents: str = "split", shape: dict | None = None,
-                     terse_cue: str = "", pretrain_lr: float = PRETRAIN_LR, snapshot_dir: str | None = SHIPPED_BASE,
-                     write_snapshot_to: str | None = None) -> str:
+                     terse_cue: str = "", pretrain_lr: float = PRETRAIN_LR) -> str:
     """Build (once) and return out_dir. Built in a temporary folder and renamed when complete,
     so an interrupted build is never mistaken for a finished one. With chat_file (records of
     input = question, target = answer) the tokenizer and pre-training cover its texts too, and
     chat_steps of the supervised chat stage follow the pre-training. `family` writes the folder
     of a ChatGLM3 (role tokens, its tokenizer_config and generation_config) or GLM-4 (a tiktoken
     tokenizer.model, its special tokens and eos set) instead; `rope_ratio` scales the RoPE base
-    as chatglm3-6b-32k's and GLM-4's config.json do. Where `snapshot_dir` holds a snapshot of
-    this very recipe (chatglm/demo_base: train.sh's), its weights and tokenizer are unpacked
-    instead of trained; `write_snapshot_to` writes one of this build."""
+    as chatglm3-6b-32k's and GLM-4's config.json do."""
     recipe = build_recipe(train_file, seed, pretrain_steps, chat_file, chat_steps, documents, shape,
                           terse_cue if chat_file and chat_steps else "", pretrain_lr)
     if family != "chatglm2" or rope_ratio:
         recipe.update(family=family, rope_ratio=rope_ratio)
-    if is_built(out_dir, recipe) and not write_snapshot_to:
+    if is_built(out_dir, recipe):
         return out_dir
-    shipped = _read_snapshot(snapshot_dir) if snapshot_dir and _same_recipe(
-        os.path.join(snapshot_dir, "recipe.json"), recipe) else None
     from transformers import GlmConfig, GlmForCausalLM
 
     from .checkpoint import save_chatglm
@@ -302,9 +263,7 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     texts_files = [train_file] + ([chat_file] if chat_file else [])
-    if shipped:
-        shutil.copyfile(os.path.join(snapshot_dir, "tokenizer.model"), os.path.join(tmp, "tokenizer.model"))
-    elif fam.tokenizer_format == "tiktoken":
+    if fam.tokenizer_format == "tiktoken":
         train_tiktoken(texts_files, os.path.join(tmp, "tokenizer.model"))
     else:
         train_tokenizer(texts_files, os.path.join(tmp, "tokenizer.model"))
@@ -323,19 +282,13 @@ def build_tiny_model(train_file: str, out_dir: str, seed: int = 0, pretrain_step
     config = glm_config_from_chatglm(raw)
     torch.manual_seed(seed)
     model = GlmForCausalLM._from_config(config, dtype=torch.float32)
-    if shipped:
-        model.load_state_dict({k: v.float() for k, v in shipped.items()})
-        logger.info("Unpacked the shipped base (%s: built by this recipe, fp16)", snapshot_dir)
-    else:
-        chat = _read(chat_file) if chat_file else []
-        texts = pretraining_texts(_read(train_file) + chat, documents, seed)
-        if pretrain_steps:
-            pretrain(model, tok, texts, pretrain_steps, lr=pretrain_lr, seed=seed)
-        if chat and chat_steps:
-            chat_tune(model, tok, chat, chat_steps, seed=seed, texts=texts if documents == "paired" else None,
-                      terse_cue=terse_cue)
-    if write_snapshot_to:
-        write_snapshot(model, os.path.join(tmp, "tokenizer.model"), recipe, write_snapshot_to)
+    chat = _read(chat_file) if chat_file else []
+    texts = pretraining_texts(_read(train_file) + chat, documents, seed)
+    if pretrain_steps:
+        pretrain(model, tok, texts, pretrain_steps, lr=pretrain_lr, seed=seed)
+    if chat and chat_steps:
+        chat_tune(model, tok, chat, chat_steps, seed=seed, texts=texts if documents == "paired" else None,
+                  terse_cue=terse_cue)
     save_chatglm(model, tmp, hub_name=fam.hub_name)
     if fam.stops:  # what their chat stops at, as their hub folders write it
         with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
@@ -380,11 +333,6 @@ def main():
     parser.add_argument("--family", default="chatglm2", choices=["chatglm2", "chatglm3", "glm4"],
                         help="write the folder of this family (its tokenizer format, special tokens, eos set)")
     parser.add_argument("--rope_ratio", type=float, default=None, help="as chatglm3-6b-32k's (50) or GLM-4's (500)")
-    parser.add_argument("--from_scratch", action="store_true",
-                        help="train the base even where chatglm/demo_base ships it (to check or replace the snapshot)")
-    parser.add_argument("--write_snapshot", default=None, metavar="DIR",
-                        help="also write the built base as a snapshot (fp16 weights, tokenizer, recipe): "
-                             "chatglm/demo_base is train.sh's, written by --from_scratch --write_snapshot chatglm/demo_base")
     args = parser.parse_args()
     try:
         shape = parse_shape(args.shape)
@@ -392,8 +340,7 @@ def main():
         parser.error(str(e))  # one line, exit 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(build_tiny_model(args.train_file, args.out, args.seed, args.pretrain_steps, args.chat_file, args.chat_steps,
-                           args.family, args.rope_ratio, args.documents, shape, args.terse_cue, args.pretrain_lr,
-                           None if args.from_scratch else SHIPPED_BASE, args.write_snapshot))
+                           args.family, args.rope_ratio, args.documents, shape, args.terse_cue, args.pretrain_lr))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """The embedded default model: original layout, and a cache that follows its recipe."""
 import json
 import os
-import sys
 
 from conftest import ROOT, SHARED_DATA, needs_shared_data
 from chatglm.checkpoint import read_config
@@ -109,72 +108,3 @@ def test_the_pretraining_rate_is_part_of_the_recipe_only_when_changed():
     # The default rate leaves the recipe as before (cached builds stay valid); another rebuilds.
     assert "pretrain_lr" not in build_recipe(TRAIN, 0, 6, pretrain_lr=PRETRAIN_LR)
     assert build_recipe(TRAIN, 0, 6, pretrain_lr=6e-3) != build_recipe(TRAIN, 0, 6)
-
-
-def test_a_snapshot_is_unpacked_instead_of_trained(tmp_path, monkeypatch):
-    import torch
-
-    import chatglm.tiny as tiny
-    from chatglm.checkpoint import load_glm
-
-    built = tiny.build_tiny_model(TRAIN, str(tmp_path / "built"), pretrain_steps=2, snapshot_dir=None,
-                                  write_snapshot_to=str(tmp_path / "snap"))
-    assert sorted(os.listdir(tmp_path / "snap")) == ["model.safetensors", "recipe.json", "tokenizer.model"]
-
-    def no_training(*a, **k):
-        raise AssertionError("a snapshot of this recipe must not be trained again")
-
-    monkeypatch.setattr(tiny, "train_tokenizer", no_training)
-    monkeypatch.setattr(tiny, "pretrain", no_training)
-    unpacked = tiny.build_tiny_model(TRAIN, str(tmp_path / "unpacked"), pretrain_steps=2,
-                                     snapshot_dir=str(tmp_path / "snap"))
-    assert is_built(unpacked, build_recipe(TRAIN, 0, 2))
-    a, b = load_glm(built).state_dict(), load_glm(unpacked).state_dict()
-    assert a.keys() == b.keys()
-    for k in a:  # the same weights, to fp16's precision
-        assert torch.equal(a[k].half().float(), b[k]), k
-    assert open(os.path.join(built, "tokenizer.model"), "rb").read() == \
-        open(os.path.join(unpacked, "tokenizer.model"), "rb").read()
-    # another recipe does not take the snapshot: it is built (here: it would train, and fails)
-    try:
-        tiny.build_tiny_model(TRAIN, str(tmp_path / "other"), pretrain_steps=3, snapshot_dir=str(tmp_path / "snap"))
-    except AssertionError as e:
-        assert "must not be trained" in str(e)
-    else:
-        raise AssertionError("a snapshot of another recipe was used")
-
-
-def test_train_sh_builds_the_shipped_base_by_unpacking_it(tmp_path):
-    """train.sh's own build command (read from the script) finds chatglm/demo_base's recipe
-    unchanged, so a fresh clone unpacks it in seconds: a change to the recipe or the sample data
-    without a new snapshot fails here (rebuild it: python -m chatglm.tiny <train.sh's flags>
-    --from_scratch --write_snapshot chatglm/demo_base)."""
-    import re
-    import subprocess
-
-    script = open(os.path.join(ROOT, "train.sh"), encoding="utf-8").read()
-    command = re.search(r"MODEL=\$\((python -m chatglm\.tiny .*?)\| tail -n 1\)", script, re.S).group(1)
-    command = command.replace("--out output/tiny-chatglm2", f"--out {tmp_path / 'base'}")
-    assert str(tmp_path) in command
-    env = {k: v for k, v in os.environ.items() if k not in ("PRETRAIN_STEPS", "CHAT_STEPS", "CHAT_FILE")}
-    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(env, DATA="PromptCBLUE", PATH=os.path.dirname(sys.executable) + ":" + env["PATH"]))
-    assert proc.returncode == 0, proc.stderr
-    assert "Unpacked the shipped base" in proc.stderr, proc.stderr[-2000:]
-    assert "pre-training:" not in proc.stderr
-    with open(os.path.join(ROOT, "chatglm", "demo_base", "recipe.json"), encoding="utf-8") as f:
-        assert is_built(str(tmp_path / "base"), json.load(f))
-
-
-def test_an_unreadable_snapshot_is_built_instead(tmp_path, caplog):
-    import shutil
-
-    import chatglm.tiny as tiny
-
-    snap = tmp_path / "snap"
-    shutil.copytree(os.path.join(ROOT, "chatglm", "demo_base"), snap)
-    (snap / "recipe.json").write_text(json.dumps(build_recipe(TRAIN, 0, 2)), encoding="utf-8")
-    (snap / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")  # a placeholder
-    with caplog.at_level("WARNING"):
-        out = tiny.build_tiny_model(TRAIN, str(tmp_path / "m"), pretrain_steps=2, snapshot_dir=str(snap))
-    assert "unreadable" in caplog.text and is_built(out, build_recipe(TRAIN, 0, 2))
