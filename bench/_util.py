@@ -23,6 +23,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def fastest(fn, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls of fn, after one warm-up call: on a shared
+    machine a neighbour only ever slows a call down."""
+    import time
+
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def machine() -> str:
     import torch
 

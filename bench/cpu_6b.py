@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from _util import ROOT, machine
+from _util import ROOT, fastest, machine
 
 import torch
 
@@ -101,13 +101,7 @@ def read_bandwidth(gib: float = 2.0, repeats: int = 7) -> float:
     the fastest of `repeats` (on a shared machine a neighbour only ever slows a pass down; the
     mean of a noisy run once put the decode step below the time to read the weights)."""
     x = torch.ones(int(gib * 2 ** 30 / 4), dtype=torch.float32)
-    x.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - start)
-    return x.numel() * 4 / best
+    return x.numel() * 4 / fastest(x.sum, repeats)
 
 
 def products_seconds(config, rows: int, dtype: torch.dtype, repeats: int = 5) -> float:
@@ -120,13 +114,7 @@ def products_seconds(config, rows: int, dtype: torch.dtype, repeats: int = 5) ->
     shapes = [(s, config.num_hidden_layers) for s in linear_shapes(config)] + [((config.hidden_size, config.vocab_size), 1)]
     for (k, n), count in shapes:
         w, x = torch.randn(n, k, dtype=dtype), torch.randn(rows, k, dtype=dtype)
-        F.linear(x, w)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            F.linear(x, w)
-            best = min(best, time.perf_counter() - start)
-        total += count * best
+        total += count * fastest(lambda: F.linear(x, w), repeats)
         del w
     return total
 

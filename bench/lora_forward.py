@@ -8,23 +8,12 @@ Prints, per layer shape, the milliseconds of a forward and of a forward + backwa
 input and the adapter's fp32 weights, as in training), the fastest of the repeats, then JSON.
 """
 import argparse
-import time
 
-from _util import report
+from _util import fastest, report
 
 import torch
 
 SHAPES = {"q_proj": (4096, 4096), "o_proj": (4096, 4096), "gate_up_proj": (4096, 27392), "down_proj": (13696, 4096)}
-
-
-def fastest(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def main():
@@ -50,9 +39,9 @@ def main():
         row = {"layer": name, "shape": [args.tokens, k, n]}
         for label, forward in (("peft", lambda: peft_forward(layer, x)), ("ours", lambda: layer(x))):
             with torch.no_grad():
-                row[f"{label}_forward_ms"] = round(fastest(forward, args.repeats), 2)
-            row[f"{label}_forward_backward_ms"] = round(fastest(lambda: forward().float().sum().backward(),
-                                                                args.repeats), 2)
+                row[f"{label}_forward_ms"] = round(1e3 * fastest(forward, args.repeats), 2)
+            row[f"{label}_forward_backward_ms"] = round(1e3 * fastest(lambda: forward().float().sum().backward(),
+                                                                      args.repeats), 2)
         row["speedup_forward_backward"] = round(row["peft_forward_backward_ms"] / row["ours_forward_backward_ms"], 2)
         rows.append(row)
         print(f"{name:13s} {str(row['shape']):22s} forward PEFT {row['peft_forward_ms']:8.2f} ms, ours "

@@ -13,6 +13,7 @@ They import exactly: a fused LoRA B splits by rows into the q/k/v parts, which s
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -65,6 +66,7 @@ def _lora_params(base):
     return [(n, p) for n, p in base.named_parameters() if ".lora_" in n]
 
 
+@functools.cache
 def _lora_linear_class():
     """PEFT's LoRA Linear with the adapter's product in the activations' dtype, added to the
     base layer's output by one addmm. PEFT casts a bf16/fp16 input up to the fp32 adapter and
