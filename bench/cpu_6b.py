@@ -104,18 +104,22 @@ def read_bandwidth(gib: float = 2.0, repeats: int = 7) -> float:
     return x.numel() * 4 / fastest(x.sum, repeats)
 
 
-def products_seconds(config, rows: int, dtype: torch.dtype, repeats: int = 5) -> float:
+def products_seconds(config, rows: int, dtype: torch.dtype, repeats: int = 5, cold_bytes: int = 2 ** 29) -> float:
     """The time a decode step's weight products take alone at `rows` rows: each layer's four
-    linear maps and the output layer, each on its own (the fastest of `repeats`), summed over the
-    layers. The step against this says what the model adds to the library's own products."""
-    import torch.nn.functional as F
+    linear maps and the output layer, summed over the layers. Each shape is timed over enough
+    distinct copies (up to its count) to fill `cold_bytes`, so that its weights come from memory,
+    as in the step, not from the cache, as they would if one small matrix were timed again and
+    again. The step against this says what the model adds to the library's own products."""
+    from chatglm.decode import project  # the product the decode step runs (one row: a matrix-vector product)
 
     total = 0.0
     shapes = [(s, config.num_hidden_layers) for s in linear_shapes(config)] + [((config.hidden_size, config.vocab_size), 1)]
     for (k, n), count in shapes:
-        w, x = torch.randn(n, k, dtype=dtype), torch.randn(rows, k, dtype=dtype)
-        total += count * fastest(lambda: F.linear(x, w), repeats)
-        del w
+        copies = min(count, -(-cold_bytes // (k * n * dtype.itemsize)))
+        linears = [torch.nn.Linear(k, n, bias=False, dtype=dtype).requires_grad_(False) for _ in range(copies)]
+        x = torch.randn(rows, k, dtype=dtype)
+        total += count / copies * fastest(lambda: [project(linear, x) for linear in linears], repeats)
+        del linears
     return total
 
 

@@ -13,6 +13,7 @@ masked), which is what torch.compile and CUDA graphs need.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 class _StaticCache:
@@ -128,16 +129,42 @@ def _forward_one(base, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tens
         scores = torch.matmul(q, keys.transpose(-1, -2)).float() * attn.scaling
         probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1).to(values.dtype)
         out = torch.matmul(probs, values).reshape(x.shape[0], 1, -1)
-        hidden = residual + attn.o_proj(out)
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return base.lm_head(model.norm(hidden)[:, -1]).float()
+        hidden = residual + project(attn.o_proj, out)
+        hidden = hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+    return project(base.lm_head, model.norm(hidden)[:, -1]).float()
+
+
+def project(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)`; for a single row of a plain nn.Linear, as a matrix-vector product.
+    A decode step at batch 1 is a chain of one-row products, bound by reading the weights:
+    torch's CPU matmul reads a 6B layer's weights for one row at 21-24 GB/s, torch.mv at 27-46
+    (bench/cpu_6b.py: the batch-1 step 0.71 -> 0.52 s; BENCHMARKS.md). On CUDA both are the
+    same cuBLAS gemv. Wrapped (LoRA), quantized or hooked layers keep their own forward."""
+    if x.numel() != x.shape[-1] or type(linear) is not nn.Linear or _hooked(linear):
+        return linear(x)
+    flat = x.reshape(-1)
+    y = torch.mv(linear.weight, flat) if linear.bias is None else torch.addmv(linear.bias, linear.weight, flat)
+    return y.view(*x.shape[:-1], -1)
+
+
+def _hooked(module: nn.Module) -> bool:
+    # accelerate's offloading replaces `forward` on the instance; torch hooks run only through __call__
+    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__)
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Glm's MLP (gate and up in one product, SwiGLU, down), its products through `project`."""
+    if _hooked(mlp) or not hasattr(mlp, "gate_up_proj"):
+        return mlp(x)
+    gate, up = project(mlp.gate_up_proj, x).chunk(2, dim=-1)
+    return project(mlp.down_proj, up * mlp.activation_fn(gate))
 
 
 def _qkv(attn, x: torch.Tensor):
     """q, k, v [batch, 1, heads or groups, dim] through the layer's own (maybe quantized or
     LoRA-wrapped) projections."""
     b, d = x.shape[0], attn.head_dim
-    return (attn.q_proj(x).view(b, 1, -1, d), attn.k_proj(x).view(b, 1, -1, d), attn.v_proj(x).view(b, 1, -1, d))
+    return tuple(project(p, x).view(b, 1, -1, d) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

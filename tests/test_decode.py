@@ -1,4 +1,5 @@
 """The static-cache decode step: same numbers as transformers' own forward, compiled or not."""
+import pytest
 import torch
 
 from conftest import needs_golden
@@ -10,21 +11,23 @@ from test_half_precision import CKPT, MODEL, golden_prompts
 pytestmark = needs_golden
 
 
-def test_static_decoder_matches_the_transformers_forward():
-    """Logits of 24 decode steps, left-padded batch of 8 with a prefix: our step against
-    GlmForCausalLM with its own growing cache."""
-    tok, prompts = golden_prompts(8)
+@pytest.mark.parametrize("batch", [8, 1])
+def test_static_decoder_matches_the_transformers_forward(batch):
+    """Logits of 24 decode steps, a left-padded batch with a prefix: our step against
+    GlmForCausalLM with its own growing cache. At batch 1 every product is a matrix-vector
+    product (`chatglm.decode.project`)."""
+    tok, prompts = golden_prompts(batch)
     model = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT).eval()
     ids, mask = left_pad(prompts, tok.pad_token_id, "cpu")
     full_mask, pos = model.extend_mask(mask), positions_from_mask(mask)
     with torch.inference_mode():
         out = model.base(input_ids=ids, attention_mask=full_mask, position_ids=pos,
-                         past_key_values=model.past_for(8, growing=True), use_cache=True)
+                         past_key_values=model.past_for(batch, growing=True), use_cache=True)
         ref_cache, ref_mask, ref_pos = out.past_key_values, full_mask, pos[:, -1:] + 1
         ours = StaticDecoder(model.base, _copy(ref_cache), full_mask, ref_pos, max_new_tokens=24)
         tokens = out.logits[:, -1].argmax(-1)
         for _ in range(24):
-            ref_mask = torch.cat([ref_mask, ref_mask.new_ones(8, 1)], dim=-1)
+            ref_mask = torch.cat([ref_mask, ref_mask.new_ones(batch, 1)], dim=-1)
             ref = model.base(input_ids=tokens[:, None], attention_mask=ref_mask, position_ids=ref_pos,
                              past_key_values=ref_cache, use_cache=True).logits[:, -1].float()
             got = ours.step(tokens)
