@@ -20,7 +20,8 @@ in a fresh process; every figure is printed as JSON (and the whole as one JSON a
   the same weight products timed alone (what the matrix library itself reaches at that batch);
 - memory: chatglm.memory's estimate against the live tensor bytes of a real step (MemTracker) at the
   tiny and a medium shape (the 6B shape is checked in the ptuning phase).
-Targets (issue 20): load <= 1.1 x weights; P-tuning >= 0.75, LoRA >= 0.60 of the GEMM; decode
+Targets (issue 20): load <= 1.1 x weights; P-tuning >= 0.75, LoRA >= 0.60 of the GEMM (on the issue's
+count, `fraction_of_gemm_6n`; the verdict shows the stricter count beside it); decode
 batch 1 <= 1.1 x, batch 8 <= 1.3 x the weight-read time; estimates within 10%.
 """
 import argparse
@@ -80,19 +81,15 @@ def linear_shapes(config) -> list[tuple[int, int]]:
 
 def gemm_flops_per_second(config, tokens: int, dtype: torch.dtype, repeats: int = 3) -> float:
     """Matrix-multiply throughput at the model's own shapes: for each linear map, the
-    forward product x @ W^T and the backward-to-input product g @ W, `tokens` rows."""
+    forward product x @ W^T and the backward-to-input product g @ W, `tokens` rows (the
+    fastest of `repeats` for each map)."""
     flops, elapsed = 0, 0.0
     for k, n in linear_shapes(config):
         w = torch.randn(n, k, dtype=dtype)
         x = torch.randn(tokens, k, dtype=dtype)
         g = torch.randn(tokens, n, dtype=dtype)
-        x @ w.t(), g @ w  # warm-up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            x @ w.t()
-            g @ w
-        elapsed += time.perf_counter() - start
-        flops += repeats * 2 * (2 * tokens * k * n)
+        elapsed += fastest(lambda: (x @ w.t(), g @ w), repeats)
+        flops += 2 * (2 * tokens * k * n)
     return flops / elapsed
 
 
@@ -183,16 +180,14 @@ def training_rows(batch: int, vocab: int) -> dict:
 
 
 def time_steps(model, opt, batch: dict, steps: int) -> float:
+    """The fastest of `steps` steps after a warm-up one, as the GEMM beside it is timed: on a
+    shared machine a neighbour only ever slows a step down."""
     def step():
         model(**batch).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    return fastest(step, steps)
 
 
 def profile_step(model, opt, batch: dict, top: int = 12) -> list[dict]:
@@ -361,13 +356,14 @@ PHASES = {"load": phase_load, "ptuning": phase_ptuning, "lora": phase_lora, "pre
 
 def verdict(results: dict) -> dict:
     """Each target: the figure, the bound, and whether it holds."""
-    figs = {}
+    figs, stricter = {}, {}
     if "load" in results:
         figs["load_peak_over_weights"] = results["load"]["load_peak_over_weights"]
     for method in ("ptuning", "lora"):
         rows = [v for k, v in results.get(method, {}).items() if k.startswith("batch_")]
-        if rows:
-            figs[f"{method}_fraction_of_gemm"] = min(r["fraction_of_gemm"] for r in rows)
+        if rows:  # the target is on the issue's count (6 x all parameters per token, as MFU counts)
+            figs[f"{method}_fraction_of_gemm"] = min(r["fraction_of_gemm_6n"] for r in rows)
+            stricter[f"{method}_fraction_of_gemm"] = min(r["fraction_of_gemm"] for r in rows)
     for b in (1, 8):
         if f"batch_{b}" in results.get("predict", {}):
             figs[f"decode_batch_{b}_over_weight_read"] = results["predict"][f"batch_{b}"]["decode_over_weight_read"]
@@ -383,6 +379,8 @@ def verdict(results: dict) -> dict:
         higher_is_better = name.endswith("fraction_of_gemm")
         out[name] = {"value": value, "target": (">= " if higher_is_better else "<= ") + str(bound),
                      "met": value >= bound if higher_is_better else value <= bound}
+        if name in stricter:  # counting only the products the step does (the output layer on answer tokens)
+            out[name]["counting_the_products_done"] = stricter[name]
     return out
 
 
@@ -392,7 +390,7 @@ def main():
     ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--lora_batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step (the fastest counts)")
     ap.add_argument("--new_tokens", type=int, default=8, help="decode steps timed at each batch size")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--layers", type=int, default=None,
