@@ -7,6 +7,7 @@ free decoding during training (the format a method learns, with no grammar to he
 
 Prints, per run, the best free-text score (step), the share of closed-set answers the official
 parser reads in full at that step, and the minutes taken (build and each run apart), then JSON.
+With `--fit_tasks`, also each run's score on its own training records of those tasks.
 """
 import argparse
 import json
@@ -57,8 +58,32 @@ def tune(name: str, flags: str, model: str, args) -> dict:
     best = state["best_global_step"]
     with open(os.path.join(out, f"eval-{best}", "scores.json"), encoding="utf-8") as f:
         valid = json.load(f).get("valid_answers", {})
-    return {"run": name, "flags": flags, "best_step": best, "best_free_score": evals[best], "scores": evals,
-            "valid_share": round(sum(valid.values()) / max(1, len(valid)), 3), "minutes": round(minutes, 2)}
+    result = {"run": name, "flags": flags, "best_step": best, "best_free_score": evals[best], "scores": evals,
+              "valid_share": round(sum(valid.values()) / max(1, len(valid)), 3), "minutes": round(minutes, 2)}
+    if args.fit_tasks:
+        result["fit"] = fit_score(model, out, args.max_steps, args)
+    return result
+
+
+def fit_score(model: str, run_dir: str, step: int, args) -> dict:
+    """How well the run's last checkpoint answers its own training records of --fit_tasks (free
+    decoding): whether a method falls short on dev because it cannot fit what it was shown
+    (a capacity limit) or because it does not carry it over to new queries."""
+    tasks = set(args.fit_tasks.split(","))
+    path = os.path.join(run_dir, "fit_records.json")
+    with open(os.path.join(ROOT, args.train_file), encoding="utf-8") as f, open(path, "w", encoding="utf-8") as g:
+        g.writelines(line for line in f if line.strip() and json.loads(line)["task_dataset"] in tasks)
+    out = os.path.join(run_dir, f"fit-{step}")
+    subprocess.run([sys.executable, "main.py", "--do_predict", "--validation_file", path, "--test_file", path,
+                    "--model_name_or_path", model, "--ptuning_checkpoint", os.path.join(run_dir, f"checkpoint-{step}"),
+                    "--output_dir", out, "--overwrite_output_dir", "--predict_with_generate",
+                    "--constrained_decoding", "false", *TINY_DEFAULTS[:4], "--per_device_eval_batch_size", "16",
+                    "--report_to", "none"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    with open(os.path.join(out, "scores.json"), encoding="utf-8") as f:
+        scores = json.load(f)
+    return {"score": round(scores["score"], 4),
+            "tasks": {t: round(list(m.values())[-1], 3) for t, m in scores["tasks"].items()}}
 
 
 def main():
@@ -76,6 +101,9 @@ def main():
     ap.add_argument("--max_steps", type=int, default=800)
     ap.add_argument("--eval_steps", type=int, default=0, help="default: half of --max_steps")
     ap.add_argument("--run", action="append", required=True, help="NAME:main.py flags")
+    ap.add_argument("--fit_tasks", default="",
+                    help="also score each run's last checkpoint on its own training records of these tasks "
+                         "(comma-separated), e.g. KUAKE-QIC,CHIP-CTC,CHIP-CDN,CHIP-STS,KUAKE-QQR,KUAKE-QTR")
     ap.add_argument("--out", default="output/bench-demo")
     args = ap.parse_args()
     model, build_s = build(args)
@@ -84,8 +112,9 @@ def main():
         name, flags = spec.split(":", 1)
         results.append(tune(name, flags, model, args))
         r = results[-1]
+        fit = f", own training records {r['fit']['score']:.3f}" if "fit" in r else ""
         print(f"{r['run']}: free {r['best_free_score']:.4f} (step {r['best_step']}), valid {r['valid_share']:.2f}, "
-              f"{r['minutes']:.1f} min", flush=True)
+              f"{r['minutes']:.1f} min{fit}", flush=True)
     print(f"\n{machine()}; base {os.path.basename(model)} built in {build_s / 60:.1f} min (0 = cached); "
           f"{args.max_steps} steps\n")
     print("| run | flags | best free score (step) | valid closed-set answers | minutes |")
