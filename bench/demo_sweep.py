@@ -80,10 +80,12 @@ def fit_score(model: str, run_dir: str, step: int, args) -> dict:
                     "--constrained_decoding", "false", *TINY_DEFAULTS[:4], "--per_device_eval_batch_size", "16",
                     "--report_to", "none"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    from cblue.tasks import main_metric
+
     with open(os.path.join(out, "scores.json"), encoding="utf-8") as f:
         scores = json.load(f)
     return {"score": round(scores["score"], 4),
-            "tasks": {t: round(list(m.values())[-1], 3) for t, m in scores["tasks"].items()}}
+            "tasks": {t: round(m[main_metric(t)], 3) for t, m in scores["tasks"].items()}}
 
 
 def main():
