@@ -126,24 +126,38 @@ def _forward_one(base, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tens
         keys, values = cache.update(k.transpose(1, 2), v.transpose(1, 2), i)  # [batch, groups, T, dim]
         groups = keys.shape[1]
         q = q.reshape(q.shape[0], groups, -1, attn.head_dim)  # head h sits in group h // (heads / groups)
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * attn.scaling
+        # keys @ q^T, read transposed: the cache is never copied (q^T, [dim, heads per group], is)
+        scores = torch.matmul(keys, q.transpose(-1, -2)).transpose(-1, -2).float() * attn.scaling
         probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1).to(values.dtype)
         out = torch.matmul(probs, values).reshape(x.shape[0], 1, -1)
         hidden = residual + project(attn.o_proj, out)
         hidden = hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden))
-    return project(base.lm_head, model.norm(hidden)[:, -1]).float()
+    return project(base.lm_head, model.norm(hidden)[:, -1]).float().contiguous()
+
+
+# Up to this many rows a decode step's products are bound by reading the weights, not by arithmetic.
+FEW_ROWS = 32
 
 
 def project(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`linear(x)`; for a single row of a plain nn.Linear, as a matrix-vector product.
-    A decode step at batch 1 is a chain of one-row products, bound by reading the weights:
-    torch's CPU matmul reads a 6B layer's weights for one row at 21-24 GB/s, torch.mv at 27-46
-    (bench/cpu_6b.py: the batch-1 step 0.71 -> 0.52 s; BENCHMARKS.md). On CUDA both are the
-    same cuBLAS gemv. Wrapped (LoRA), quantized or hooked layers keep their own forward."""
-    if x.numel() != x.shape[-1] or type(linear) is not nn.Linear or _hooked(linear):
+    """`linear(x)` for the few rows of a decode step, written so the weights stream once at the
+    memory's rate. One row: a matrix-vector product. 2-32 rows: `W @ x^T`, transposed back.
+    torch's CPU `linear` runs both through its general product, which reads a 6B layer's bf16
+    weights at 17-23 GB/s, where `mv` and `W @ x^T` read at 24-29 (bench/cpu_6b.py,
+    BENCHMARKS.md: at 6B the batch-1 step 0.71 -> 0.49 s, batch 8 0.57 -> 0.49, batch 16
+    0.63 -> 0.53). On CUDA each form is the same cuBLAS call with its operands swapped (torch
+    hands row-major products to cuBLAS transposed). Wrapped (LoRA), quantized or hooked layers
+    keep their own forward."""
+    rows = x.numel() // x.shape[-1]
+    if rows > FEW_ROWS or type(linear) is not nn.Linear or _hooked(linear):
         return linear(x)
-    flat = x.reshape(-1)
-    y = torch.mv(linear.weight, flat) if linear.bias is None else torch.addmv(linear.bias, linear.weight, flat)
+    w, b = linear.weight, linear.bias
+    if rows == 1:
+        flat = x.reshape(-1)
+        y = torch.mv(w, flat) if b is None else torch.addmv(b, w, flat)
+    else:
+        xt = x.reshape(rows, -1).t()
+        y = (torch.mm(w, xt) if b is None else torch.addmm(b[:, None], w, xt)).t()  # a view: callers copy if they must
     return y.view(*x.shape[:-1], -1)
 
 
@@ -164,7 +178,7 @@ def _qkv(attn, x: torch.Tensor):
     """q, k, v [batch, 1, heads or groups, dim] through the layer's own (maybe quantized or
     LoRA-wrapped) projections."""
     b, d = x.shape[0], attn.head_dim
-    return tuple(project(p, x).view(b, 1, -1, d) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    return tuple(project(p, x).reshape(b, 1, -1, d) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

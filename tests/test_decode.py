@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import needs_golden
+from chatglm import decode
 from chatglm.decode import StaticDecoder
 from chatglm.generation import GenerationSettings, generate, left_pad
 from chatglm.model import ChatGLM, positions_from_mask
@@ -11,11 +12,13 @@ from test_half_precision import CKPT, MODEL, golden_prompts
 pytestmark = needs_golden
 
 
-@pytest.mark.parametrize("batch", [8, 1])
-def test_static_decoder_matches_the_transformers_forward(batch):
+@pytest.mark.parametrize("batch,few_rows", [(8, 32), (1, 32), (8, 4)])
+def test_static_decoder_matches_the_transformers_forward(batch, few_rows, monkeypatch):
     """Logits of 24 decode steps, a left-padded batch with a prefix: our step against
-    GlmForCausalLM with its own growing cache. At batch 1 every product is a matrix-vector
-    product (`chatglm.decode.project`)."""
+    GlmForCausalLM with its own growing cache. Each way `chatglm.decode.project` runs a product:
+    a matrix-vector product (batch 1), W @ x^T (batch 8), the layer's own forward (more rows
+    than FEW_ROWS)."""
+    monkeypatch.setattr(decode, "FEW_ROWS", few_rows)
     tok, prompts = golden_prompts(batch)
     model = ChatGLM.from_pretrained(MODEL, ptuning_checkpoint=CKPT).eval()
     ids, mask = left_pad(prompts, tok.pad_token_id, "cpu")
