@@ -321,7 +321,7 @@ def phase_predict(args):
     for batch in (1, 8):
         prompts = [torch.randint(5, model.config.vocab_size - 1, (args.prompt_tokens,), generator=g).tolist()
                    for _ in range(batch)]
-        with torch.no_grad():
+        with torch.inference_mode():  # as generate() runs
             times = {}
             for k in (1, 1 + args.new_tokens):  # generate() end to end: the first call also warms up
                 start = time.perf_counter()
