@@ -437,6 +437,7 @@ def main():
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                     help="float32 for a CPU without bf16 units (where torch's bf16 g @ W product, the backward "
                          "to the activations, takes 60x the time of x @ W^T); with --layers to fit in memory")
+    ap.add_argument("--out_dir", default=os.path.join(ROOT, "output"), help="where each phase's JSON goes")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # the child process's own phase
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -445,12 +446,17 @@ def main():
         with open(args.out, "w") as f:
             json.dump(result, f)
         return
+    default_model = ap.get_default("model")
     if not os.path.isfile(os.path.join(args.model, "config.json")):
+        if os.path.abspath(args.model) != os.path.abspath(default_model):  # never write 12.5 GB into a user's folder
+            print(f"cpu_6b.py: --model {args.model}: no config.json there (the 6B-shaped folder is written "
+                  f"only at the default path, {default_model})", file=sys.stderr)
+            sys.exit(2)
         subprocess.run([sys.executable, os.path.join(ROOT, "bench", "make_random_chatglm2.py"), "--shape", "6b",
                         "--out", args.model], check=True)
     results = {}
     for phase in args.phases:
-        out = os.path.join(ROOT, "output", f"cpu_6b-{phase}.json")
+        out = os.path.join(args.out_dir, f"cpu_6b-{phase}.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--phase", phase, "--out", out, "--model", args.model,
                "--steps", str(args.steps), "--new_tokens", str(args.new_tokens), "--lora_batch", str(args.lora_batch),
                "--prompt_tokens", str(args.prompt_tokens), "--dtype", args.dtype, "--batches", *map(str, args.batches),
