@@ -27,6 +27,7 @@ count, `fraction_of_gemm_6n`; the verdict shows the stricter count beside it); d
 batch 1 <= 1.1 x, batch 8 <= 1.3 x the weight-read time; estimates within 10%.
 """
 import argparse
+from collections import Counter
 import json
 import os
 import subprocess
@@ -112,11 +113,8 @@ def read_bandwidth(gib: float = 1.0, repeats: int = 7) -> dict:
 def decode_linears(model) -> list[tuple[tuple[int, int], int]]:
     """((in, out), count) of every weight product of a decode step: the model's own linear
     layers (q, k, v, o, gate+up, down, the output layer), grouped by shape."""
-    counts = {}
-    for m in model.modules():
-        if isinstance(m, torch.nn.Linear):
-            counts[(m.in_features, m.out_features)] = counts.get((m.in_features, m.out_features), 0) + 1
-    return sorted(counts.items())
+    return sorted(Counter((m.in_features, m.out_features) for m in model.modules()
+                          if isinstance(m, torch.nn.Linear)).items())
 
 
 def products_seconds(model, rows: int, repeats: int = 5, cold_bytes: int = 2 ** 29) -> float:
@@ -454,6 +452,7 @@ def main():
             sys.exit(2)
         subprocess.run([sys.executable, os.path.join(ROOT, "bench", "make_random_chatglm2.py"), "--shape", "6b",
                         "--out", args.model], check=True)
+    os.makedirs(args.out_dir, exist_ok=True)
     results = {}
     for phase in args.phases:
         out = os.path.join(args.out_dir, f"cpu_6b-{phase}.json")
