@@ -210,37 +210,12 @@ class BatchConstraint:
         return other
 
     def refused(self, active: list[int], chosen: list[int]) -> list[int]:
-        """Positions j whose chosen token (for prompt active[j]) its grammar does not allow next.
-        Greedy decoding needs a mask only for these rows: where the grammar allows the argmax,
-        the masked argmax is the same token. (A mask over the vocabulary costs tens of
-        microseconds a row; checking one token, about one.)"""
-        out = []
-        for j, (r, t) in enumerate(zip(active, chosen)):
-            c = self.rows[r]
-            if c is None or c.matcher is None:
-                continue
-            ok = c.matcher.is_accepting() if t == self.engine.eos_token_id else c.matcher.validate_tokens([t]) == 1
-            if not ok:
-                out.append(j)
-        return out
+        """Positions j whose chosen token (for prompt active[j]) its grammar does not allow next."""
+        return refused(self.engine, [self.rows[r] for r in active], chosen)
 
     def mask_(self, scores: torch.Tensor, active: list[int], only: list[int] | None = None) -> torch.Tensor:
-        """Set to -inf, in place, what each active row's grammar forbids; scores[j] is prompt
-        active[j]'s (`only`: just these positions j). A grammar that allows nothing at all (a
-        matcher in error) allows eos."""
-        positions = range(len(active)) if only is None else only
-        picked = [(j, self.rows[active[j]]) for j in positions
-                  if self.rows[active[j]] is not None and self.rows[active[j]].matcher is not None]
-        if not picked:
-            return scores
-        forbidden = self.engine.forbidden([c.matcher for _, c in picked])
-        forbidden[forbidden.all(dim=1), self.engine.eos_token_id] = False
-        forbidden = forbidden[:, :scores.shape[1]].to(scores.device)
-        if len(picked) == scores.shape[0]:  # every row constrained (the usual batch): one op
-            return scores.masked_fill_(forbidden, float("-inf"))
-        index = torch.tensor([j for j, _ in picked], device=scores.device)
-        scores.index_copy_(0, index, scores.index_select(0, index).masked_fill(forbidden, float("-inf")))
-        return scores
+        """What each active row's grammar forbids set to -inf, in place; see `mask_`."""
+        return mask_(self.engine, scores, [self.rows[r] for r in active], only)
 
     def advance(self, row: int, token: int) -> list[int]:
         """Tokens of prompt `row` that can be shown now, after `token` (eos is never passed)."""
@@ -251,3 +226,36 @@ class BatchConstraint:
         """Prompt `row` ran out of budget: the held-back tokens that still end validly."""
         c = self.rows[row]
         return [] if c is None else c.finish()
+
+
+def refused(engine: GrammarEngine, rows: list[RowConstraint | None], chosen: list[int]) -> list[int]:
+    """Positions j whose chosen token its grammar (rows[j]; None: free) does not allow next.
+    Greedy decoding needs a mask only for these rows: where the grammar allows the argmax,
+    the masked argmax is the same token. (A mask over the vocabulary costs tens of
+    microseconds a row; checking one token, about one.)"""
+    out = []
+    for j, (c, t) in enumerate(zip(rows, chosen)):
+        if c is None or c.matcher is None:
+            continue
+        ok = c.matcher.is_accepting() if t == engine.eos_token_id else c.matcher.validate_tokens([t]) == 1
+        if not ok:
+            out.append(j)
+    return out
+
+
+def mask_(engine: GrammarEngine, scores: torch.Tensor, rows: list[RowConstraint | None],
+          only: list[int] | None = None) -> torch.Tensor:
+    """Set to -inf, in place, what each row's grammar forbids; scores[j] is rows[j]'s (`only`:
+    just these positions j). A grammar that allows nothing at all (a matcher in error) allows eos."""
+    positions = range(len(rows)) if only is None else only
+    picked = [(j, rows[j]) for j in positions if rows[j] is not None and rows[j].matcher is not None]
+    if not picked:
+        return scores
+    forbidden = engine.forbidden([c.matcher for _, c in picked])
+    forbidden[forbidden.all(dim=1), engine.eos_token_id] = False
+    forbidden = forbidden[:, :scores.shape[1]].to(scores.device)
+    if len(picked) == scores.shape[0]:  # every row constrained (the usual batch): one op
+        return scores.masked_fill_(forbidden, float("-inf"))
+    index = torch.tensor([j for j, _ in picked], device=scores.device)
+    scores.index_copy_(0, index, scores.index_select(0, index).masked_fill(forbidden, float("-inf")))
+    return scores

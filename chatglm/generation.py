@@ -1,64 +1,28 @@
-"""Batched generation for ChatGLM2 with a prefix.
+"""Generation for ChatGLM with a prefix: the functions callers use (generate, stream_tokens,
+stream_text, side_by_side), on the continuous-batching engine (chatglm/engine/).
 
-One forward over the left-padded batch fills the KV cache (the prefix is computed once per
-batch and put in front); then one token per step. Positions are 0..n-1 over each row's real
-tokens, as the original tokenizer's left padding gives them, so a row's output does not
-depend on what it is batched with (in fp32, up to float rounding of ~1e-7 in the logits).
+Positions are 0..n-1 over each row's real tokens, as the original tokenizer's left padding
+gives them, so a row's output does not depend on what it is batched with (in fp32, up to
+float rounding of ~1e-7 in the logits). Beam search runs one record at a time on its own
+static batch of beams; `generate_static` is the engine before continuous batching (a batch
+runs until its longest answer ends), kept as the reference its answers are checked against
+and that bench/continuous_batching.py measures it beside.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Iterator
 
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from .constraint import BatchConstraint
 from .decode import StaticDecoder
+from .engine import Engine, GenerationSettings, Request
+from .engine.runner import left_pad
 from .model import ChatGLM, positions_from_mask
 
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    top_p: float = 1.0
-    top_k: int = 0
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0
-    num_beams: int = 1
-    seed: int = 42
-    compiled: bool = False  # torch.compile the decode step (CUDA graphs on CUDA); see chatglm/decode.py
-
-    def processors(self) -> LogitsProcessorList:
-        procs = LogitsProcessorList()
-        if self.repetition_penalty != 1.0:
-            procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
-        if self.do_sample:
-            if self.temperature != 1.0:
-                procs.append(TemperatureLogitsWarper(self.temperature))
-            if self.top_k > 0:
-                procs.append(TopKLogitsWarper(self.top_k))
-            if self.top_p < 1.0:
-                procs.append(TopPLogitsWarper(self.top_p))
-        return procs
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
+__all__ = ["GenerationSettings", "left_pad", "generate", "generate_static", "stream_tokens", "stream_text",
+           "side_by_side", "engine_for", "TUNED", "NO_ANSWER"]
 
 
 def prefill(model: ChatGLM, ids: torch.Tensor, mask: torch.Tensor):
@@ -110,6 +74,30 @@ def _stops(eos_token_id) -> frozenset:
     return frozenset([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
 
 
+TUNED = "tuned"  # the engine's name for what the model itself holds (its prefix or LoRA adapter)
+
+
+def engine_for(model: ChatGLM, num_slots: int, compiled: bool = False) -> Engine:
+    """An engine on the model's base weights with the model's own tuning loaded as `TUNED`
+    (its prefix, computed once here, without dropout; or its LoRA adapter, unless switched
+    off by `base_only`). Rows name TUNED or None (the base); more prefixes may be added."""
+    engine = Engine(model.base, num_slots, compiled)
+    if model.prefix_encoder is not None:
+        with torch.inference_mode():
+            was = model.prefix_encoder.training
+            model.prefix_encoder.eval()
+            engine.add_prefix(TUNED, model.prefix_encoder.key_values(1, model.dtype))
+            model.prefix_encoder.train(was)
+    elif model.lora_config is not None and not getattr(model, "lora_off", False):
+        engine.add_lora(TUNED)
+    return engine
+
+
+def model_adapter(engine: Engine) -> str | None:
+    """What rows of "the model as it is" name: TUNED if it holds tuning, else the base."""
+    return TUNED if TUNED in engine.adapters else None
+
+
 def generate(model: ChatGLM, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
              pad_token_id: int, constraint: BatchConstraint | None = None) -> list[list[int]]:
     """New token ids for each prompt, without the stop token that ended it. `eos_token_id`: one
@@ -121,12 +109,24 @@ def generate(model: ChatGLM, prompts: list[list[int]], settings: GenerationSetti
     return results
 
 
+def generate_static(model: ChatGLM, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
+                    pad_token_id: int, constraint: BatchConstraint | None = None) -> list[list[int]]:
+    """`generate` as before continuous batching: one left-padded batch that runs until its
+    longest answer ends (finished rows leave, their slots stay empty). The reference the
+    engine's answers are checked against, and what bench/continuous_batching.py compares."""
+    results: list[list[int]] = [[] for _ in prompts]
+    with torch.inference_mode():
+        for step in _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint):
+            for row, token in step:
+                results[row].append(token)
+    return results
+
+
 @torch.inference_mode()
 def stream_tokens(model: ChatGLM, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
                   pad_token_id: int, constraint: BatchConstraint | None = None) -> Iterator[list[tuple[int, int]]]:
-    """Generation as it happens: per step, (prompt index, new token) for every row still
-    generating. The prefix in use is the one the model holds at the first step (the prompt
-    pass puts it in the cache), so a base and a tuned stream can be interleaved. With a
+    """Generation as it happens: per step, (prompt index, new token) for every row that has
+    new tokens. The prefix in use is the one the model holds when called. With a
     constraint, a row's tokens come out only where its grammar accepts the text so far
     (several at once after a held-back stretch; chatglm/constraint.py)."""
     was_training = model.training
@@ -137,7 +137,13 @@ def stream_tokens(model: ChatGLM, prompts: list[list[int]], settings: Generation
                 rows = constraint.repeat(row, settings.num_beams) if constraint is not None else None
                 yield [(row, t) for t in _beam_search(model, p, settings, eos_token_id, rows)]
             return
-        yield from _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint)
+        engine = engine_for(model, max(1, len(prompts)), settings.compiled)
+        adapter, stops = model_adapter(engine), _stops(eos_token_id)
+        for i, p in enumerate(prompts):
+            engine.add(Request(p, settings, stops, adapter, constraint.rows[i] if constraint is not None else None,
+                               tag=i))
+        for events in engine.run():
+            yield [(e.request.tag, t) for e in events for t in e.tokens]
     finally:
         model.train(was_training)
 

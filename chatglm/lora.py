@@ -13,6 +13,8 @@ They import exactly: a fused LoRA B splits by rows into the q/k/v parts, which s
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
 import os
@@ -66,6 +68,23 @@ def _lora_params(base):
     return [(n, p) for n, p in base.named_parameters() if ".lora_" in n]
 
 
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("lora_rows", default=None)
+
+
+@contextlib.contextmanager
+def lora_rows(on: torch.Tensor | None):
+    """Within it, the LoRA adapters act only on the batch rows where `on` ([batch], 1 or 0) is
+    1; the others get the base layer's output exactly (the adapter's product times 0 added).
+    This is how one batch holds tuned and base rows: the rank-r product is computed for every
+    row (a few percent of the layer), which is cheaper than a second pass over the weights.
+    None: every row, as without this."""
+    token = _ROWS.set(on)
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
 @functools.cache
 def _lora_linear_class():
     """PEFT's LoRA Linear with the adapter's product in the activations' dtype, added to the
@@ -82,12 +101,16 @@ def _lora_linear_class():
             if self.disable_adapters or self.merged or self.lora_variant or kwargs.get("adapter_names") is not None:
                 return super().forward(x, *args, **kwargs)
             result = self.base_layer(x, *args, **kwargs)
+            rows = _ROWS.get()
             for name in self.active_adapters:
                 if name not in self.lora_A:
                     continue
                 a = self.lora_A[name].weight.to(result.dtype)
                 b = self.lora_B[name].weight.to(result.dtype)
                 down = self.lora_dropout[name](x.to(result.dtype)).reshape(-1, x.shape[-1]) @ a.t()
+                if rows is not None:  # the adapter's product zeroed on the rows that run the base alone
+                    down = (down.view(x.shape[0], -1, down.shape[-1]) * rows.view(-1, 1, 1).to(down.dtype)).view(
+                        down.shape)
                 result = torch.addmm(result.reshape(-1, result.shape[-1]), down, b.t(),
                                      alpha=self.scaling[name]).view(result.shape)
             return result

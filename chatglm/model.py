@@ -244,6 +244,7 @@ class base_only:
     def _lora(self, enabled: bool) -> None:
         if self.model.lora_config is None:
             return
+        self.model.lora_off = not enabled
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         for module in self.model.base.modules():
