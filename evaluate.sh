@@ -7,6 +7,8 @@
 #   MODEL=/path/to/chatglm2-6b CHECKPOINT=promptcblue-chatglm2-6b-pt-128-2e-2 STEP=3000 bash evaluate.sh
 #   TEST_FILE=PromptCBLUE/test.json bash evaluate.sh   # predict the test set (no targets: no scores)
 #   COMPARE_BASE=1 bash evaluate.sh                    # also the base model without prefix, side by side
+#   STEP=all bash evaluate.sh                          # every checkpoint of the run, in one pass (P-tuning)
+#   STEP=1000,2000 bash evaluate.sh                    # these checkpoints, in one pass; each to its eval-STEP
 #   METHOD=lora bash evaluate.sh                       # the run `LORA_RANK=8 bash train.sh` made
 #   METHOD=full bash evaluate.sh                       # the run `METHOD=full bash train.sh` made
 #   CONSTRAINED=0 bash evaluate.sh                     # free text, as the original (default: answers of
@@ -50,10 +52,16 @@ if [ -z "${STEP:-}" ]; then  # the run's best checkpoint (by the official score)
 fi
 EXTRA=()
 [ -n "${COMPARE_BASE:-}" ] && [ "${COMPARE_BASE}" != "0" ] && EXTRA+=(--compare_base)
-OUT=output/$CHECKPOINT/eval-$STEP
+if [ "$STEP" = all ]; then  # every complete checkpoint of the run, scored in one pass
+  CKPTS=$(python3 -m chatglm.checkpoint "output/$CHECKPOINT" --all) || {
+    echo "evaluate.sh: no checkpoint in output/$CHECKPOINT; train first or set CHECKPOINT/STEP." >&2; exit 1; }
+else
+  CKPTS=$(echo "$STEP" | tr ',' '\n' | sed "s|^|output/$CHECKPOINT/checkpoint-|" | paste -sd, -)
+fi
+case "$CKPTS" in *,*) OUT=output/$CHECKPOINT/'eval-{step}' ;; *) OUT=output/$CHECKPOINT/eval-${CKPTS##*-} ;; esac
 if [ "${CONSTRAINED:-1}" = 0 ]; then EXTRA+=(--constrained_decoding false); OUT=$OUT-free; fi
 
-echo "evaluate.sh: $MODEL + output/$CHECKPOINT/checkpoint-$STEP on $TEST_FILE"
+echo "evaluate.sh: $MODEL + $CKPTS on $TEST_FILE"
 "${LAUNCH[@]}" \
     --do_predict \
     --validation_file "$TEST_FILE" \
@@ -62,7 +70,7 @@ echo "evaluate.sh: $MODEL + output/$CHECKPOINT/checkpoint-$STEP on $TEST_FILE"
     --prompt_column input \
     --response_column target \
     --model_name_or_path "$MODEL" \
-    --ptuning_checkpoint "output/$CHECKPOINT/checkpoint-$STEP" \
+    --ptuning_checkpoint "$CKPTS" \
     --output_dir "$OUT" \
     --overwrite_output_dir \
     --per_device_eval_batch_size "$BATCH" \

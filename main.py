@@ -25,9 +25,9 @@ from cblue.outputs import save_json
 from chatglm.checkpoint import last_complete_checkpoint
 from chatglm.cli import run_cli
 from chatglm.memory import check_before_training, zero_stage
-from chatglm.model import ChatGLM, base_dtype, base_only
+from chatglm.model import ChatGLM, base_dtype, checkpoint_prefix_key_values
 from chatglm.tokenizer import load_tokenizer
-from prediction import Predictor, peak_gpu_memory
+from prediction import AS_LOADED, Predictor, Target, peak_gpu_memory
 from trainer_seq2seq import LossCurveCallback, PadCollator, PrefixTrainer, ScoreCurveCallback, ShardingReport
 
 logger = logging.getLogger("main")
@@ -240,6 +240,8 @@ def main():
                                model_args.model_family)
     logger.info("%s", tokenizer.describe())
 
+    first_checkpoint, extra_checkpoints = split_checkpoints(model_args, training_args, gen_args)
+    model_args.ptuning_checkpoint = first_checkpoint
     trainer = None
     if training_args.do_train:
         # The peak per device from the flags and the model's config, before the weights are read
@@ -264,12 +266,30 @@ def main():
         if model is None:
             model = load_model(model_args, training_args, for_training=False)
         data = predictor.load(data_file, split, max_samples, stratified=prefix == "eval")
+        if extra_checkpoints:
+            # Several checkpoints of a run in one pass: the first loaded as usual, the others'
+            # prefixes beside it; each checkpoint's rows share the batch, its files go to its own folder.
+            targets = [Target(step_dir(training_args.output_dir, first_checkpoint), AS_LOADED, first_checkpoint)]
+            prefixes = {}
+            for ckpt in extra_checkpoints:
+                prefixes[ckpt] = checkpoint_prefix_key_values(model, ckpt)
+                targets.append(Target(step_dir(training_args.output_dir, ckpt), ckpt, ckpt))
+            for t, metrics in zip(targets, predictor.run_many(model, data, targets, prefix, prefixes=prefixes)):
+                if training_args.process_index == 0:
+                    save_json(os.path.join(t.out_dir, f"{prefix}_results.json"), metrics)
+                    _update_all_results(t.out_dir, metrics)
+                    logger.info("%s %s: score %s", t.checkpoint, prefix, metrics.get(f"{prefix}_score"))
+            continue
         if gen_args.compare_base:
             if not model.is_tuned:
                 raise ValueError("--compare_base needs a tuned checkpoint (prefix or LoRA): pass --ptuning_checkpoint")
-            with base_only(model):  # the same loaded weights, no prefix, adapters off
-                predictor.run(model, data, os.path.join(training_args.output_dir, "base"), prefix)
-        metrics = predictor.run(model, data, training_args.output_dir, prefix)
+            # One pass: each record's base row (the same loaded weights, no prefix, adapter off)
+            # beside its tuned row, in the same batch.
+            targets = [Target(os.path.join(training_args.output_dir, "base"), None, None),
+                       Target(training_args.output_dir, AS_LOADED, model_args.ptuning_checkpoint)]
+            metrics = predictor.run_many(model, data, targets, prefix)[1]
+        else:
+            metrics = predictor.run(model, data, training_args.output_dir, prefix)
         if gen_args.compare_base and training_args.process_index == 0:
             compare(training_args.output_dir, data.records, metrics, data_args.response_column)
         if training_args.process_index == 0:
@@ -286,6 +306,30 @@ def main():
         trainer = model = None
         gc.collect()  # DDP's reducer and its group reference go now, on this thread, groups idle
         torch.distributed.destroy_process_group()
+
+
+def split_checkpoints(model_args, training_args, gen_args) -> tuple[str | None, list[str]]:
+    """--ptuning_checkpoint A,B,...: several P-tuning checkpoints scored in one pass (the first
+    loaded, the others' prefixes beside it); --output_dir then names each one's folder with
+    {step}, the number ending the checkpoint's folder name (evaluate.sh STEP=all)."""
+    spec = model_args.ptuning_checkpoint
+    if not spec or "," not in spec:
+        return spec, []
+    checkpoints = [c for c in spec.split(",") if c]
+    if training_args.do_train:
+        raise ValueError("--ptuning_checkpoint with several folders is for --do_eval / --do_predict, not training")
+    if gen_args.compare_base:
+        raise ValueError("--compare_base takes one --ptuning_checkpoint; score several checkpoints without it")
+    if "{step}" not in training_args.output_dir:
+        raise ValueError(f"--ptuning_checkpoint names {len(checkpoints)} checkpoints: --output_dir must hold {{step}} "
+                         f"(each checkpoint's folder), got {training_args.output_dir}")
+    return checkpoints[0], checkpoints[1:]
+
+
+def step_dir(template: str, checkpoint: str) -> str:
+    """--output_dir with {step} replaced by the number ending the checkpoint folder's name."""
+    name = os.path.basename(os.path.normpath(checkpoint))
+    return template.replace("{step}", name.rsplit("-", 1)[-1])
 
 
 def _already_evaluated(trainer, training_args) -> bool:

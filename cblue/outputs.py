@@ -18,7 +18,7 @@ class PredictionLog:
     left by a different run is started afresh rather than mixed into this one."""
 
     def __init__(self, path: str, fingerprint: str = ""):
-        self.path = path
+        self.path, self.fingerprint = path, fingerprint
         done = read_log(path, fingerprint)
         if done is None and os.path.exists(path):
             logger.warning("%s belongs to another run; predicting from the start", path)

@@ -225,6 +225,14 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def complete_checkpoints(output_dir: str) -> list[str]:
+    """Every checkpoint-N in output_dir that finished saving, by step."""
+    if not os.path.isdir(output_dir):
+        return []
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT_RE.match(name)))
+    return [p for _, name in steps if is_complete_checkpoint(p := os.path.join(output_dir, name))]
+
+
 def best_checkpoint(run_dir: str) -> str | None:
     """The best checkpoint a run recorded (trainer_state.json's `best_model_checkpoint`, chosen
     by --metric_for_best_model: the official score when it evaluated during training), if that
@@ -253,10 +261,13 @@ def run_checkpoint(path: str) -> str | None:
     return best_checkpoint(path) or last_complete_checkpoint(path)
 
 
-if __name__ == "__main__":  # evaluate.sh: `python -m chatglm.checkpoint output/RUN` -> the checkpoint it takes
+if __name__ == "__main__":  # evaluate.sh: `python -m chatglm.checkpoint output/RUN [--all]` -> the checkpoint(s) it takes
     import sys
 
-    found = run_checkpoint(sys.argv[1]) if len(sys.argv) == 2 else None
+    if len(sys.argv) == 3 and sys.argv[2] == "--all":
+        found = ",".join(complete_checkpoints(sys.argv[1])) or None
+    else:
+        found = run_checkpoint(sys.argv[1]) if len(sys.argv) == 2 else None
     if not found:
         print(f"no complete checkpoint in {sys.argv[1:]}; train first or set CHECKPOINT/STEP", file=sys.stderr)
         sys.exit(1)

@@ -102,6 +102,11 @@ class GrammarEngine:
             self._compiled.move_to_end(grammar)
         return template.deep_copy()
 
+    def row(self, grammar: str | None) -> "RowConstraint | None":
+        """A row's constraint for `grammar` (None: free text, or a grammar llguidance rejects)."""
+        m = self.matcher(grammar) if grammar else None
+        return RowConstraint(m, self, grammar) if m is not None else None
+
     def forbidden(self, matchers: list) -> torch.Tensor:
         """Bool [len(matchers), vocab_size]: the tokens each matcher forbids next. (One call per
         matcher: llguidance's LLExecutor computes a batch on a thread pool, but measured here
@@ -181,8 +186,7 @@ class BatchConstraint:
 
     def __init__(self, engine: GrammarEngine, grammars: list[str | None]):
         self.engine = engine
-        matchers = [engine.matcher(g) if g else None for g in grammars]
-        self.rows = [RowConstraint(m, engine, g) if m is not None else None for m, g in zip(matchers, grammars)]
+        self.rows = [engine.row(g) for g in grammars]
 
     @classmethod
     def build(cls, tokenizer, vocab_size: int, grammars) -> "BatchConstraint | None":

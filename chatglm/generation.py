@@ -10,7 +10,6 @@ and that bench/continuous_batching.py measures it beside.
 """
 from __future__ import annotations
 
-from itertools import zip_longest
 from typing import Iterator
 
 import torch
@@ -153,10 +152,15 @@ def stream_text(model: ChatGLM, tokenizer, prompts: list[list[int]], settings: G
     """Each prompt's answer so far, as text, after every step (what a demo shows while it
     types). A character whose bytes are not all generated yet is held back, not shown as \ufffd.
     `grammars`: one grammar text per prompt (None: free text), see constraint_for."""
-    tokens: list[list[int]] = [[] for _ in prompts]
-    shown = [""] * len(prompts)
     constraint = constraint_for(model, tokenizer, grammars)
-    for step in stream_tokens(model, prompts, settings, tokenizer.stop_ids, tokenizer.pad_token_id, constraint):
+    steps = stream_tokens(model, prompts, settings, tokenizer.stop_ids, tokenizer.pad_token_id, constraint)
+    yield from _texts(tokenizer, len(prompts), steps)
+
+
+def _texts(tokenizer, n: int, steps) -> Iterator[list[str]]:
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    shown = [""] * n
+    for step in steps:
         for row, token in step:
             tokens[row].append(token)
             text = tokenizer.decode(tokens[row]).lstrip()
@@ -282,17 +286,36 @@ NO_ANSWER = "(no answer: the model stopped at once, its first token was the end)
 
 def side_by_side(model: ChatGLM, tokenizer, prompt: list[int], settings: GenerationSettings,
                  grammar: str | None = None) -> Iterator[tuple[str, str]]:
-    """(base answer so far, tuned answer so far) for one prompt, both streamed together: the
-    base is the same loaded weights with the prefix set aside for its prompt pass. `grammar`
-    constrains both answers alike (None: free text)."""
-    from .model import base_only
+    """(base answer so far, tuned answer so far) for one prompt, both rows of one batch: the
+    base row runs the same loaded weights without the prefix (or with the LoRA adapter off).
+    `grammar` constrains both answers alike (None: free text)."""
+    if settings.num_beams > 1:  # beams: one record at a time, base then tuned
+        from .model import base_only
 
-    with base_only(model):
-        base = stream_text(model, tokenizer, [prompt], settings, [grammar])
-        base_text = next(base)[0]  # the prompt pass runs here, without the prefix
-    tuned = stream_text(model, tokenizer, [prompt], settings, [grammar])
-    tuned_text = ""
-    yield base_text, tuned_text
-    for b, t in zip_longest(base, tuned):  # a stream that has ended keeps showing its final text
-        base_text, tuned_text = b[0] if b else base_text, t[0] if t else tuned_text
+        with base_only(model):
+            base = generate(model, [prompt], settings, tokenizer.stop_ids, tokenizer.pad_token_id,
+                            constraint_for(model, tokenizer, [grammar]))[0]
+        tuned = generate(model, [prompt], settings, tokenizer.stop_ids, tokenizer.pad_token_id,
+                         constraint_for(model, tokenizer, [grammar]))[0]
+        yield "", ""
+        yield tokenizer.decode(base).strip(), tokenizer.decode(tuned).strip()
+        return
+    yield "", ""
+    for base_text, tuned_text in _texts(tokenizer, 2, _side_by_side_steps(model, tokenizer, prompt, settings, grammar)):
         yield base_text, tuned_text
+
+
+@torch.inference_mode()
+def _side_by_side_steps(model, tokenizer, prompt, settings, grammar):
+    was_training = model.training
+    model.eval()
+    try:
+        engine = engine_for(model, 2, settings.compiled)
+        stops = _stops(tokenizer.stop_ids)
+        constraint = constraint_for(model, tokenizer, [grammar, grammar])
+        for row, adapter in enumerate((None, model_adapter(engine))):
+            engine.add(Request(prompt, settings, stops, adapter, constraint.rows[row] if constraint else None, tag=row))
+        for events in engine.run():
+            yield [(e.request.tag, t) for e in events for t in e.tokens]
+    finally:
+        model.train(was_training)

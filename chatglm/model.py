@@ -225,6 +225,23 @@ class ChatGLM(nn.Module):
                 json.dump(cfg, f, indent=2)
 
 
+@torch.inference_mode()
+def checkpoint_prefix_key_values(model: ChatGLM, ckpt_dir: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The per-layer (key, value) prefix [1, kv_groups, P, head_dim] that a P-tuning checkpoint
+    holds, in the model's dtype and device: another checkpoint to run beside the loaded one
+    (the generation engine takes a prefix per row). Its length and projection are its own."""
+    if checkpoint_kind(ckpt_dir) != "prefix":
+        raise ValueError(f"{ckpt_dir}: not a P-tuning checkpoint; several checkpoints in one pass are prefixes "
+                         "only (one LoRA adapter per process)")
+    state = read_prefix_checkpoint(ckpt_dir)
+    length, projection = prefix_shape_from_checkpoint(state)
+    c = model.config
+    encoder = PrefixEncoder(length, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size, projection)
+    encoder.load_original_state_dict(state, source=ckpt_dir)
+    encoder.to(model.device).eval()
+    return [(k.contiguous(), v.contiguous()) for k, v in encoder.key_values(1, model.dtype)]
+
+
 class base_only:
     """`with base_only(model):` runs the base model alone: the prefix is set aside (not freed)
     and LoRA adapters are switched off, so a before/after comparison loads the 6B weights once."""

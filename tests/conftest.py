@@ -48,7 +48,7 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
     run_main(["--do_train", "--train_file", os.path.join(ROOT, "PromptCBLUE", "train.json"),
               "--model_name_or_path", tiny_model, "--output_dir", str(out), "--overwrite_output_dir",
               "--max_source_length", "128", "--max_target_length", "48", "--per_device_train_batch_size", "8",
-              "--learning_rate", "2e-2", "--pre_seq_len", "8", "--max_steps", "20", "--save_steps", "20",
+              "--learning_rate", "2e-2", "--pre_seq_len", "8", "--max_steps", "20", "--save_steps", "10",
               "--report_to", "none"])
     return str(out / "checkpoint-20")
 

@@ -57,12 +57,12 @@ def test_predict_writes_every_output(tiny_model, tiny_checkpoint, tmp_path):
     proc = run_main(predict_args(tiny_model, tiny_checkpoint, tmp_path, DEV, "--per_device_eval_batch_size", "16"),
                     env={"GLM2_PROGRESS_SECONDS": "0"})
     records = read_lines(DEV)
-    # Progress as log lines (the output is not a terminal): after each batch, then the total.
+    # Progress as log lines (the output is not a terminal): as each record finishes, then the total.
     progress = [l.split(" - ")[-1] for l in proc.stdout.splitlines() if "chatglm.progress" in l]
-    assert progress[0].startswith("predict test: 16/90 samples (17%), ") and progress[0].endswith(" left")
+    assert progress[0].startswith("predict test: 1/90 samples (1%), ") and progress[0].endswith(" left")
     assert "samples/s" in progress[0]
     assert progress[-1].startswith("predict test: 90/90 samples (100%), ") and ", took " in progress[-1]
-    assert len(progress) == 6
+    assert len(progress) == 90  # the last record's line is the total
     lines = read_lines(tmp_path / "generated_predictions.txt")
     assert len(lines) == len(records) and set(lines[0]) == {"labels", "predict"}
     assert [l["labels"] for l in lines[:5]] == [r["target"] for r in records[:5]]

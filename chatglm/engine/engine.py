@@ -96,6 +96,7 @@ class Engine:
         while self.busy:
             yield self.step()
 
+    @torch.inference_mode()
     def step(self) -> list[EngineEvent]:
         """Admit, choose one token for every live row, decode. The events of the rows that
         chose (or finished) this step."""
