@@ -164,8 +164,8 @@ class GenerationArguments:
                                         "prompt's own option line); `--constrained_decoding false` writes free "
                                         "text, as the original."})
     compile_generation: Optional[bool] = field(
-        default=None, metadata={"help": "torch.compile the decode step (CUDA graphs on CUDA). Default: on for "
-                                        "CUDA, off on a CPU, where compiling takes longer than it saves."})
+        default=None, metadata={"help": "torch.compile the decode step (CUDA graphs on CUDA). Default: off (the "
+                                        "eager step the tests run); on a CPU compiling takes longer than it saves."})
 
     def __post_init__(self):
         check_range(self, "max_new_tokens", 1)

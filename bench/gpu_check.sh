@@ -9,10 +9,11 @@
 # across batch sizes and compiled, int8/int4 on the device) -> a random checkpoint in the
 # original file layout -> the user's own train.sh command line for a few steps -> a prediction
 # with the checkpoint it wrote -> LoRA and QLoRA for a few steps -> DeepSpeed ZeRO-2 full
-# fine-tuning on the tiny shape (when deepspeed imports) -> bench/gpu_bench.py. Results land in
+# fine-tuning on the tiny shape (when deepspeed imports) -> bench/continuous_batching.py (static
+# batch vs continuous, eager vs compiled step) -> bench/gpu_bench.py. Results land in
 # $OUT (default output/gpu_check): environment.json, cuda_tests.xml, train_results*.json (measured
 # peaks) with memory_estimate*.json beside them (python -m chatglm.memory, same flags),
-# predict_results.json, gpu_bench.json, log.txt.
+# predict_results.json, continuous_batching.json, gpu_bench.json, log.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -33,12 +34,12 @@ if [ "$DRY" = 1 ]; then
   # The same steps, small: shorter rows, and of the CUDA tests not the half-precision P-tuning
   # steps (bf16 arithmetic is slow on CPUs without bf16 units; tests/test_half_precision.py runs
   # the same steps on the CPU).
-  SHAPE=tiny STEPS=2 PREDICT=16 SOURCE=128 TARGET=32
+  SHAPE=tiny STEPS=2 PREDICT=16 SOURCE=128 TARGET=32 CB_RECORDS=16 CB_COMPILED=()  # compiling on a CPU: tests/test_decode.py
   export GPU_CHECK_DEVICE=cpu
   BENCH=(--tiny --device cpu --steps 1 --bits 16 4)
   CUDA_TESTS=(-k "not ptuning_steps_in_half")
 else
-  SHAPE=6b STEPS=10 PREDICT=256 SOURCE=700 TARGET=196
+  SHAPE=6b STEPS=10 PREDICT=256 SOURCE=700 TARGET=196 CB_RECORDS=128 CB_COMPILED=(--compiled)
   BENCH=(--steps 3 --bits 16 4)
   CUDA_TESTS=()
 fi
@@ -112,6 +113,10 @@ if [ "$DRY" = 0 ] && $PY -c "import deepspeed" 2>/dev/null; then
 else
   echo '{"skipped": "deepspeed not importable (or --dry-run: it needs CUDA)"}' | tee "$OUT/train_results_zero2.json"
 fi
+
+step "continuous batching against the static batch, eager and compiled decode step (settles the CUDA default)"
+$PY bench/continuous_batching.py --model "$MODEL" --dtype "$([ "$DRY" = 1 ] && echo float32 || echo float16)" \
+  --records "$CB_RECORDS" --slots 16 --max_new_tokens "$TARGET" --source "$SOURCE" "${CB_COMPILED[@]}" | tee "$OUT/continuous_batching.json"
 
 step "bench/gpu_bench.py ${BENCH[*]}"
 (cd bench && $PY gpu_bench.py "${BENCH[@]}") | tee "$OUT/gpu_bench.json"

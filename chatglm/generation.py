@@ -109,13 +109,15 @@ def generate(model: ChatGLM, prompts: list[list[int]], settings: GenerationSetti
 
 
 def generate_static(model: ChatGLM, prompts: list[list[int]], settings: GenerationSettings, eos_token_id,
-                    pad_token_id: int, constraint: BatchConstraint | None = None) -> list[list[int]]:
+                    pad_token_id: int, constraint: BatchConstraint | None = None,
+                    budgets: list[int] | None = None) -> list[list[int]]:
     """`generate` as before continuous batching: one left-padded batch that runs until its
     longest answer ends (finished rows leave, their slots stay empty). The reference the
-    engine's answers are checked against, and what bench/continuous_batching.py compares."""
+    engine's answers are checked against, and what bench/continuous_batching.py compares.
+    `budgets`: each prompt's own max_new_tokens (at most settings.max_new_tokens)."""
     results: list[list[int]] = [[] for _ in prompts]
     with torch.inference_mode():
-        for step in _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint):
+        for step in _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint, budgets):
             for row, token in step:
                 results[row].append(token)
     return results
@@ -170,7 +172,7 @@ def _texts(tokenizer, n: int, steps) -> Iterator[list[str]]:
     yield [tokenizer.decode(t).strip() for t in tokens]  # the final answers, as generate() + decode give
 
 
-def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint=None):
+def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constraint=None, budgets=None):
     stops = _stops(eos_token_id)
     ids, mask = left_pad(prompts, pad_token_id, model.device)
     stepper = _Stepper(model, ids, mask, settings.max_new_tokens, settings.compiled)
@@ -193,17 +195,19 @@ def _sample_steps(model, prompts, settings, eos_token_id, pad_token_id, constrai
             if redo:
                 tokens = constraint.mask_(scores, active, only=redo).argmax(dim=-1)
                 chosen = tokens.tolist()
-        ended = [t in stops for t in chosen]
+        stopped = [t in stops for t in chosen]
         if constraint is None:
-            yield [(row, token) for row, token, done in zip(active, chosen, ended) if not done]
+            yield [(row, token) for row, token, done in zip(active, chosen, stopped) if not done]
         else:
-            yield [(row, t) for row, token, done in zip(active, chosen, ended) if not done
+            yield [(row, t) for row, token, done in zip(active, chosen, stopped) if not done
                    for t in constraint.advance(row, token)]
+        last = step == settings.max_new_tokens - 1
+        cut = [not done and (last or (budgets is not None and step + 1 >= budgets[row]))
+               for row, done in zip(active, stopped)]
+        if constraint is not None and any(cut):  # cut off by the budget: each answer ends where its grammar accepted last
+            yield [(row, t) for row, c in zip(active, cut) if c for t in constraint.finish(row)]
+        ended = [a or b for a, b in zip(stopped, cut)]
         if all(ended):
-            break
-        if step == settings.max_new_tokens - 1:
-            if constraint is not None:  # cut off by the budget: each answer ends where its grammar accepted last
-                yield [(row, t) for row, done in zip(active, ended) if not done for t in constraint.finish(row)]
             break
         if any(ended):  # finished rows leave the batch: short answers stop costing compute
             keep = [i for i, done in enumerate(ended) if not done]

@@ -64,7 +64,8 @@ class RunSettings:
     checkpointing: bool = True
     num_gpus: int = 1
     sharding: str = "none"  # none | fsdp | zero2 | zero3
-    eval_batch: int = 16  # --per_device_eval_batch_size
+    eval_batch: int = 16  # --per_device_eval_batch_size: the engine's slots per model evaluated
+    eval_models: int = 1  # models in one evaluation pass (2 with --compare_base): slots = eval_batch x this
     eval_new_tokens: int | None = None  # default: target
     pattern: str = "ours"  # ours | original
 
@@ -308,16 +309,15 @@ def simulate_training(config, s: RunSettings, checkpointing: bool) -> dict:
 
 
 def simulate_prediction(config, s: RunSettings) -> dict:
-    """Peak of prediction on fake tensors: the prompt pass of a batch of full-length prompts,
-    then the static cache for prefix + prompt + new tokens and one decode step."""
+    """Peak of prediction on fake tensors, as the engine runs it (chatglm/engine/): the slots'
+    cache (eval_batch x eval_models slots, each prefix + a full-length prompt + new tokens), the
+    prompt passes that fill it (at most PREFILL_TOKENS prompt tokens a pass), one decode step."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .decode import StaticDecoder
-    from .generation import prefill
+    from .engine.runner import ModelRunner
 
     new = s.eval_new_tokens or s.target
-    ids = torch.full((s.eval_batch, s.source), 5, dtype=torch.long)
-    mask = torch.ones_like(ids)
+    slots = s.eval_batch * s.eval_models
     model = _meta_model(config, s, training=False)
     with FakeTensorMode(allow_non_fake_inputs=True):
         _as_fake(model)
@@ -325,12 +325,13 @@ def simulate_prediction(config, s: RunSettings) -> dict:
 
         def run(tracker):
             with torch.no_grad():
-                logits, cache, full_mask, positions = prefill(model, ids, mask)
-                decoder = StaticDecoder(model.base, cache, full_mask, positions[:, -1:] + 1, new)
-                del cache
+                runner = ModelRunner(model.base, slots)
+                prefix = model.prefix_encoder.key_values(1, model.dtype) if model.prefix_encoder is not None else None
+                runner.reserve(model.pre_seq_len + s.source + new)
+                logits = runner.prefill(list(range(slots)), [[5] * s.source] * slots, prefix, None)
                 tracker.reset_mod_stats()  # the decode step runs the modules a second time
-                decoder.step(logits.argmax(-1))
-                return sum(k.numel() * k.element_size() for k in decoder.cache.keys + decoder.cache.values)
+                runner.decode(logits.argmax(-1), [True] * slots)
+                return runner.cache_bytes
 
         tracker = memory_tracker(model)
         with tracker:

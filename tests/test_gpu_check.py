@@ -17,6 +17,8 @@ def test_gpu_check_dry_run(tmp_path):
                 "memory_estimate.json", "memory_estimate_lora_4.json")}
     assert figures["train_results.json"]["train_samples_per_second"] > 0
     assert figures["predict_results.json"]["predict_samples"] == 16
+    engines = json.load(open(tmp_path / "continuous_batching.json"))  # static batch vs continuous, same answers
+    assert engines["base_slots_16"]["identical_answers"] and engines["prefix_slots_16"]["identical_answers"]
     estimate = figures["memory_estimate.json"]  # the memory check's figure beside the measured peak
     assert estimate["settings"]["batch"] == 32 and estimate["training_peak"] > estimate["weights"] > 0
     assert figures["memory_estimate_lora_4.json"]["settings"]["quantization_bit"] == 4
