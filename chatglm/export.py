@@ -25,7 +25,8 @@ import sys
 import torch
 
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora
-from .checkpoint import run_checkpoint
+from .checkpoint import folder_dtype, run_checkpoint
+from .memory import require_fit
 from .model import ChatGLM, checkpoint_kind
 from .tokenizer import ChatGLMTokenizer, load_tokenizer
 
@@ -157,7 +158,12 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
     if checkpoint:  # a run folder: its best checkpoint when recorded, else its newest
         checkpoint = run_checkpoint(checkpoint) or checkpoint
     kind = checkpoint_kind(checkpoint) if checkpoint else None
-    model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=checkpoint)
+    # Loaded in the dtype it is written in (the folder's own unless --dtype): never fp32 first.
+    weights_dir = checkpoint if kind == "full" else model_dir
+    dtype = dtype or folder_dtype(weights_dir)
+    require_fit(weights_dir, dtype, "cpu", extra_bytes=_shard_bytes(max_shard_size), flags="--dtype")
+    load = checkpoint if kind == "full" or (kind == "lora" and merge) else None  # a prefix or a kept adapter: base alone
+    model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=load, dtype=dtype)
     tokenizer = load_tokenizer(model_dir)
     base = model.base
     note = None
@@ -165,13 +171,9 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
         note = (f"{checkpoint} is a P-tuning prefix, which cannot be merged into the weights (it is extra "
                 "key/value vectors, not a weight update); writing the base model only")
     elif kind == "lora" and merge:
-        merge_lora(base)
-    elif kind == "lora":
-        base = ChatGLM.from_pretrained(model_dir).base  # the base alone; the adapter goes beside it
+        merge_lora(base)  # in fp32 layer by layer, then back to `dtype`
     base.config.use_cache = True
-    if dtype is not None:
-        base.to(dtype)
-        base.config.dtype = dtype
+    base.config.dtype = dtype
     tmp = output_dir.rstrip("/") + ".writing"  # renamed when complete: never a half-written folder
     shutil.rmtree(tmp, ignore_errors=True)
     base.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
@@ -190,6 +192,15 @@ def export(model_dir: str, output_dir: str, checkpoint: str | None = None, merge
             "merged": kind in ("lora", "full") and (merge or kind == "full"), "note": note}
 
 
+def _shard_bytes(size: str) -> int:
+    """--max_shard_size ("2GB", "500MB") in bytes: what writing one shard holds beside the model."""
+    units = {"GB": 1 << 30, "MB": 1 << 20, "KB": 1 << 10}
+    for unit, factor in units.items():
+        if size.upper().endswith(unit):
+            return int(float(size[:-len(unit)]) * factor)
+    return int(size)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m chatglm.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,7 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--output_dir", required=True)
     ap.add_argument("--no_merge", action="store_true", help="keep a LoRA adapter apart, under OUTPUT/adapter/")
     ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                    help="weights' dtype in the folder (default: as loaded, fp32)")
+                    help="weights' dtype in the folder written (default: the source folder's own, e.g. fp16 for "
+                         "THUDM's; the model is loaded in it, never in fp32 first)")
     ap.add_argument("--max_shard_size", default="2GB")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -238,14 +238,27 @@ def set_adapter_weights(base, tensors: dict[str, torch.Tensor], source: str) -> 
 
 def merge_lora(base) -> None:
     """Fold every adapter into its base weight (W + B A * scaling) and remove the adapter
-    layers: what export writes. A quantized base cannot take a merge."""
+    layers: what export writes. Each layer is merged in fp32 and rounded once to the weight's
+    own dtype, one layer at a time: a half-precision base stays half, with one fp32 copy of a
+    single weight alive at a time. A quantized base cannot take a merge."""
     from peft.tuners.lora.layer import LoraLayer
 
     for name, module in list(base.named_modules()):
-        if isinstance(module, LoraLayer):
-            if not isinstance(module.get_base_layer(), torch.nn.Linear):
-                raise ValueError("a LoRA adapter on a quantized model cannot be merged; export from the "
-                                 "unquantized model")
-            module.merge(safe_merge=True)
-            parent_name, _, child = name.rpartition(".")
-            setattr(base.get_submodule(parent_name), child, module.get_base_layer())
+        if not isinstance(module, LoraLayer):
+            continue
+        layer = module.get_base_layer()
+        if not isinstance(layer, torch.nn.Linear):
+            raise ValueError("a LoRA adapter on a quantized model cannot be merged; export from the unquantized model")
+        if getattr(module, "lora_variant", None) or getattr(module, "fan_in_fan_out", False):
+            raise ValueError(f"{name}: only plain LoRA adapters can be merged here (not DoRA or fan-in-fan-out)")
+        with torch.no_grad():
+            merged = layer.weight.detach().float()
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    a = module.lora_A[adapter].weight.detach().float()
+                    b = module.lora_B[adapter].weight.detach().float()
+                    merged.addmm_(b, a, alpha=module.scaling[adapter])
+            layer.weight = torch.nn.Parameter(merged.to(layer.weight.dtype), requires_grad=False)
+            del merged
+        parent_name, _, child = name.rpartition(".")
+        setattr(base.get_submodule(parent_name), child, layer)

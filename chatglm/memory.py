@@ -123,6 +123,64 @@ def glm_config(model: str):
     return glm_config_from_chatglm(raw)
 
 
+GB = 1 << 30
+
+
+def weights_bytes(model_dir: str, dtype: torch.dtype, quantization_bit: int | None = None) -> int:
+    """Bytes of a folder's model loaded in `dtype` (int8/int4 layers with --quantization_bit or a
+    pre-quantized folder): parameters and buffers of the model built on the meta device."""
+    from transformers import GlmForCausalLM
+
+    from .quantization import replace_linears
+
+    config = glm_config(model_dir)
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        bits = json.load(f).get("quantization_bit") or quantization_bit
+    with torch.device("meta"):
+        model = GlmForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
+        if bits:
+            replace_linears(model, bits, dtype)
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def available_bytes(device) -> int:
+    """Memory free for a new model: MemAvailable on the host, free memory on a CUDA device;
+    at most GLM2_MAX_MEMORY_GB when set (to keep room for other work on the machine)."""
+    cap = os.environ.get("GLM2_MAX_MEMORY_GB")
+    free = _free_bytes(torch.device(device))
+    return min(free, int(float(cap) * GB)) if cap else free
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62  # not Linux: nothing to check against
+
+
+def require_fit(model_dir: str, dtype: torch.dtype, device, quantization_bit: int | None = None,
+                extra_bytes: int = 0, flags: str = "") -> int:
+    """Refuse, before any weight is read, a model that cannot fit where it goes: one line that
+    says what it needs, what is free and which flag helps (the caller's tool prints it, exit 2).
+    Returns the bytes of the weights."""
+    need = weights_bytes(model_dir, dtype, quantization_bit)
+    free = available_bytes(device)
+    total = need + extra_bytes
+    if total <= free:
+        return need
+    name = str(dtype).replace("torch.", "")
+    hints = []
+    if not quantization_bit:
+        hints += [f"--quantization_bit {b} (about {weights_bytes(model_dir, dtype, b) / GB:.1f} GB)" for b in (8, 4)]
+    if dtype == torch.float32:
+        hints.append(f"a half precision ({flags or '--bf16 / --fp16'}: about {need / 2 / GB:.1f} GB)")
+    raise ValueError(f"{model_dir} needs about {total / GB:.1f} GB in {name} on {torch.device(device).type}, and "
+                     f"{free / GB:.1f} GB is free: not loading it" + (f"; try {' or '.join(hints)}" if hints else ""))
+
+
 def _fake_run_model_class():
     from .model import ChatGLM
 

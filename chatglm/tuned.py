@@ -8,7 +8,7 @@ import os
 import torch
 from transformers.hf_argparser import string_to_bool  # what main.py's flags accept
 
-from .checkpoint import is_complete_checkpoint, run_checkpoint
+from .checkpoint import inference_dtype, is_complete_checkpoint, run_checkpoint
 from .model import ChatGLM, checkpoint_kind
 from .tokenizer import load_tokenizer
 
@@ -46,8 +46,8 @@ def newest_checkpoint(model_dir: str, output_root: str = "output") -> str | None
 
 def load_tuned(model_dir: str, checkpoint: str | None, quantization_bit: int | None = None,
                model_family: str | None = None, prompt_format: str | None = None) -> tuple[ChatGLM, object, str]:
-    """(model with the checkpoint's prefix or LoRA adapter, tokenizer, checkpoint path), fp16 on
-    CUDA, fp32 on a CPU. `checkpoint` may be a run's output folder: its best checkpoint when the
+    """(model with the checkpoint's prefix or LoRA adapter, tokenizer, checkpoint path), in the
+    folder's own precision (see load_for_inference). `checkpoint` may be a run's output folder: its best checkpoint when the
     run recorded one, else its newest complete one."""
     checkpoint = checkpoint or newest_checkpoint(model_dir)
     if checkpoint:
@@ -61,8 +61,17 @@ def load_tuned(model_dir: str, checkpoint: str | None, quantization_bit: int | N
     if checkpoint_kind(checkpoint) == "full":
         raise ValueError(f"{checkpoint} is a whole fine-tuned model: the base-vs-tuned view needs a prefix or a "
                          "LoRA adapter on the same weights; evaluate it with --model_name_or_path instead")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=checkpoint, device=device,
-                                     dtype=torch.float16 if device == "cuda" else torch.float32,
-                                     quantization_bit=quantization_bit)
+    model = load_for_inference(model_dir, checkpoint, quantization_bit)
     return model, load_tokenizer(model_dir, prompt_format, model_family), checkpoint
+
+
+def load_for_inference(model_dir: str, checkpoint: str | None = None, quantization_bit: int | None = None) -> ChatGLM:
+    """The model (and checkpoint) on the GPU if there is one, in the folder's own precision
+    (chatglm.checkpoint.inference_dtype), after the memory check says it fits."""
+    from .memory import require_fit
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = inference_dtype(model_dir, device)
+    require_fit(model_dir, dtype, device, quantization_bit, flags="--quantization_bit")
+    return ChatGLM.from_pretrained(model_dir, ptuning_checkpoint=checkpoint, device=device, dtype=dtype,
+                                   quantization_bit=quantization_bit).eval()

@@ -119,12 +119,16 @@ class Engine:
         return events
 
     def _drop_cancelled(self) -> list[Request]:
-        dropped = []
+        """Cancelled requests, live or still waiting, leave now (each reported as finished)."""
+        dropped = [r for r in self.scheduler.waiting if r.cancelled]
+        if dropped:
+            self.scheduler.waiting = type(self.scheduler.waiting)(r for r in self.scheduler.waiting if not r.cancelled)
         for slot, request in self.scheduler.live:
             if request.cancelled:
-                request.finish_reason = "cancelled"
                 self._free(slot)
                 dropped.append(request)
+        for request in dropped:
+            request.finish_reason = "cancelled"
         return dropped
 
     def _admit(self) -> None:

@@ -36,12 +36,9 @@ class Scheduler:
         return max((s + 1 for s, r in enumerate(self.slots) if r is not None), default=0)
 
     def admit(self) -> list[tuple[int, Request]]:
-        """Waiting requests into the lowest free slots; (slot, request) of each newcomer.
-        Cancelled ones are dropped before they cost a prefill."""
+        """Waiting requests into the lowest free slots; (slot, request) of each newcomer."""
         out = []
         for s in range(len(self.slots)):
-            while self.waiting and self.waiting[0].cancelled:
-                self.waiting.popleft().finish_reason = "cancelled"
             if not self.waiting:
                 break
             if self.slots[s] is None:
