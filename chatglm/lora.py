@@ -239,8 +239,8 @@ def set_adapter_weights(base, tensors: dict[str, torch.Tensor], source: str) -> 
 def merge_lora(base) -> None:
     """Fold every adapter into its base weight (W + B A * scaling) and remove the adapter
     layers: what export writes. Each layer is merged in fp32 and rounded once to the weight's
-    own dtype, one layer at a time: a half-precision base stays half, with one fp32 copy of a
-    single weight alive at a time. A quantized base cannot take a merge."""
+    own dtype, one layer at a time and written back in place: a half-precision base stays half,
+    with one fp32 copy of a single weight alive at a time. A quantized base cannot take a merge."""
     from peft.tuners.lora.layer import LoraLayer
 
     for name, module in list(base.named_modules()):
@@ -258,7 +258,9 @@ def merge_lora(base) -> None:
                     a = module.lora_A[adapter].weight.detach().float()
                     b = module.lora_B[adapter].weight.detach().float()
                     merged.addmm_(b, a, alpha=module.scaling[adapter])
-            layer.weight = torch.nn.Parameter(merged.to(layer.weight.dtype), requires_grad=False)
+            # In place: a weight read from a memory-mapped shard turns into private pages one for
+            # one, instead of a second copy of every merged weight beside the mapped file's.
+            layer.weight.copy_(merged)
             del merged
         parent_name, _, child = name.rpartition(".")
         setattr(base.get_submodule(parent_name), child, layer)
