@@ -67,7 +67,7 @@ def continuous_run(model, prompts, lengths, slots, cap, compiled=False) -> dict:
     from chatglm.generation import GenerationSettings, engine_for, model_adapter
 
     engine = engine_for(model, slots, compiled)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # as prediction.py admits them
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # as prediction.py admits them
     start = time.perf_counter()
     reqs = {i: engine.add(Request(prompts[i], GenerationSettings(max_new_tokens=min(lengths[i], cap)), frozenset(),
                                   model_adapter(engine))) for i in order}
@@ -163,7 +163,7 @@ def vllm_run(args, prompts, lengths, slots) -> dict:
         with open(log, "w") as f:
             f.write(out.stderr)
         return {"failed": f"see {log}"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads([l for l in out.stdout.splitlines() if l.startswith("{")][-1])  # vLLM logs to stdout too
 
 
 class _nothing:

@@ -13,11 +13,18 @@ from .request import Request
 
 
 class Scheduler:
-    def __init__(self, num_slots: int):
+    """`admit_min`: while requests wait, newcomers are admitted once that many slots are free
+    (or all that wait fit, or nothing runs): one prompt pass for several newcomers instead of one
+    pass per slot freed. A prompt pass costs a decode step or more of fixed overhead (tiny
+    model: 285 passes took half of an evaluation of 480 records, BENCHMARKS.md); a slot
+    idles for at most a few steps."""
+
+    def __init__(self, num_slots: int, admit_min: int | None = None):
         if num_slots < 1:
             raise ValueError(f"the engine needs at least one slot, got {num_slots}")
         self.slots: list[Request | None] = [None] * num_slots
         self.waiting: deque[Request] = deque()
+        self.admit_min = admit_min or max(1, num_slots // 4)
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -37,6 +44,9 @@ class Scheduler:
 
     def admit(self) -> list[tuple[int, Request]]:
         """Waiting requests into the lowest free slots; (slot, request) of each newcomer."""
+        free = sum(r is None for r in self.slots)
+        if not self.waiting or (free < min(self.admit_min, len(self.waiting)) and free < len(self.slots)):
+            return []
         out = []
         for s in range(len(self.slots)):
             if not self.waiting:
