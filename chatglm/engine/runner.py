@@ -18,7 +18,7 @@ from ..decode import _forward_one, compiled_forward
 from ..lora import lora_rows
 
 # Prompt tokens one prefill pass takes at most (rows x padded width): bounds its activations.
-PREFILL_TOKENS = 16384
+PREFILL_TOKENS = 4096
 _GROW = 64  # buffers grow in steps of this many columns
 
 
