@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA, needs_shared_data
+from conftest import ROOT
 
 DEV = os.path.join(ROOT, "PromptCBLUE", "dev.json")
 

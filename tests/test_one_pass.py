@@ -4,7 +4,6 @@ scores of its own separate evaluation."""
 import json
 import os
 import subprocess
-import sys
 
 from conftest import ROOT, run_main
 

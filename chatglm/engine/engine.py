@@ -10,7 +10,7 @@ feed the tokens back in one decode step; finished rows free their slots at once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
